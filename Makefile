@@ -1,0 +1,32 @@
+# Two entry points: `make demo [DATA=file.txt]` runs the main job, `make test` runs the tests.
+# Both set up .venv first; torch is installed only when missing (CPU/PyPI build: see README for CUDA).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= tinystories
+RUN    ?= runs/demo
+PRESET ?= tiny
+
+.PHONY: setup setup-dev demo test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e .
+
+setup-dev: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+
+demo: setup
+	$(BIN)/tinygpt prepare $(DATA) --out $(RUN)/data --config $(PRESET)
+
+test: setup-dev
+	$(BIN)/python -m pytest -q
+
+lint: setup-dev
+	$(BIN)/ruff check src tests bench

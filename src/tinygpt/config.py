@@ -1,0 +1,358 @@
+"""One config tree of dataclasses, filled from a TOML preset and `--section.key value` overrides.
+
+Every value a run depends on lives here, so the resolved config saved beside an output
+is enough to reproduce it. Unknown keys and impossible values are rejected with the
+dotted name of the key, because a typo that silently keeps a default wastes a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .common import TinyGPTError
+
+
+@dataclass
+class ModelConfig:
+    family: str = "gpt2"  # "gpt2": learned positions, LayerNorm, GELU/ReLU; "llama": RoPE, RMSNorm, SwiGLU
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    block_size: int = 256  # context length in tokens
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int = 0  # llama grouped-query attention; 0: same as n_head
+    n_embd: int = 384
+    head_size: int = 0  # 0: n_embd // n_head; the seed model used 6 heads of 64 on a 64-wide embedding
+    mlp_hidden: int = 0  # 0: 4 * n_embd (gpt2) or 2/3 * 4 * n_embd rounded up to a multiple of 32 (llama)
+    activation: str = "gelu"  # gpt2 only: "gelu" (tanh form) or "relu"
+    bias_qkv: bool = True
+    bias_proj: bool = True
+    bias_mlp: bool = True
+    bias_head: bool = False
+    tie_weights: bool = True
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        _check(self.family in ("gpt2", "llama"), "model.family", "must be 'gpt2' or 'llama'")
+        _check(self.activation in ("gelu", "relu"), "model.activation", "must be 'gelu' or 'relu'")
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            _check(getattr(self, name) > 0, f"model.{name}", "must be positive")
+        for name in ("vocab_size", "n_kv_head", "head_size", "mlp_hidden"):
+            _check(getattr(self, name) >= 0, f"model.{name}", "must not be negative")
+        _check(
+            self.head_size > 0 or self.n_embd % self.n_head == 0,
+            "model.n_head",
+            f"{self.n_head} heads do not divide n_embd={self.n_embd} (or set model.head_size)",
+        )
+        if self.n_kv_head:
+            _check(self.family == "llama", "model.n_kv_head", "grouped-query attention is for the llama family")
+            _check(self.n_head % self.n_kv_head == 0, "model.n_kv_head", f"must divide n_head={self.n_head}")
+        if self.family == "llama":
+            _check(self.head_dim % 2 == 0, "model.head_size", "rotary embeddings need an even head size")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.family == "llama":
+            return -(-int(2 * 4 * self.n_embd / 3) // 32) * 32
+        return 4 * self.n_embd
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # "char", "bpe" (Hugging Face tokenizers, byte-level) or "sentencepiece"
+    vocab_size: int = 4096  # including <|endoftext|>; ignored by "char" (it takes the characters it sees)
+    train_bytes: int = 200_000_000  # size of the corpus sample the tokenizer is trained on
+
+    def validate(self) -> None:
+        _check(self.kind in ("char", "bpe", "sentencepiece"), "tokenizer.kind", "must be 'char', 'bpe' or 'sentencepiece'")
+        if self.kind == "bpe":
+            _check(self.vocab_size >= 258, "tokenizer.vocab_size", "must be at least 258 for byte-level BPE (256 bytes + 1 merge + end-of-text)")
+        if self.kind == "sentencepiece":
+            _check(self.vocab_size >= 262, "tokenizer.vocab_size", "must be at least 262 for sentencepiece (256 bytes + specials)")
+        _check(self.vocab_size < 2**32, "tokenizer.vocab_size", "must fit in 32 bits")
+        _check(self.train_bytes > 0, "tokenizer.train_bytes", "must be positive")
+
+
+@dataclass
+class DataConfig:
+    text_field: str = "text"  # field holding the document in .jsonl / .json inputs (TinyStories JSON: "story")
+    val_fraction: float = 0.005  # share of documents held out when no validation file is given
+    workers: int = 0  # encoding processes; 0: all cores
+    shard_tokens: int = 100_000_000  # tokens per .bin shard
+    errors: str = "strict"  # "strict": non-UTF-8 bytes are an error; "replace": U+FFFD
+
+    def validate(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _check(self.workers >= 0, "data.workers", "must not be negative")
+        _check(self.shard_tokens > 0, "data.shard_tokens", "must be positive")
+        _check(self.errors in ("strict", "replace"), "data.errors", "must be 'strict' or 'replace'")
+        _check(bool(self.text_field), "data.text_field", "must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # sequences per optimizer step on one process (before gradient accumulation)
+    grad_accum: int = 1
+    max_iters: int = 1000  # budget in optimizer steps ...
+    max_tokens: int = 0  # ... or in tokens (0: unused) ...
+    max_time: str = ""  # ... or in wall-clock time, e.g. "10m", "90s", "1h" ("": unused)
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: str = "cosine"  # "constant" or "cosine" (linear warmup, cosine decay to min_lr)
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    decay_all: bool = False  # True: decay every parameter (what torch.optim.AdamW does by default)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: no clipping
+    eval_interval: int = 250
+    eval_windows: int = 200  # validation windows per evaluation (a fixed slice, the same every time)
+    log_interval: int = 50
+    ckpt_interval: int = 1000
+    keep_last: int = 3
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
+    compile: str = "auto"  # "auto" (on for CUDA), "on", "off"
+    threads: int = 0  # CPU threads for torch; 0: torch's default
+    sample_tokens: int = 200  # length of the sample printed at the end
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_interval", "log_interval", "ckpt_interval"):
+            _check(getattr(self, name) > 0, f"train.{name}", "must be positive")
+        for name in ("max_iters", "max_tokens", "warmup_iters", "eval_windows", "keep_last", "threads", "sample_tokens"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "must not be negative")
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", "must be in [0, lr]")
+        _check(self.schedule in ("constant", "cosine"), "train.schedule", "must be 'constant' or 'cosine'")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must not be negative")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1", "betas must be in [0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must not be negative")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "train.dtype", "must be auto, float32, bfloat16 or float16")
+        _check(self.compile in ("auto", "on", "off"), "train.compile", "must be auto, on or off")
+        if self.max_time:
+            parse_duration(self.max_time, "train.max_time")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise TinyGPTError(f"config: {key} {message}")
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip()
+    scale = units.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise TinyGPTError(f"config: {key} {text!r} is not a duration like 90s, 10m or 1h") from None
+    if seconds <= 0:
+        raise TinyGPTError(f"config: {key} must be positive")
+    return seconds
+
+
+# ---------------------------------------------------------------- presets and overrides
+
+CONFIG_DIRS = (
+    Path(__file__).parent / "configs",  # installed wheel (configs/ is packaged here)
+    Path(__file__).resolve().parents[2] / "configs",  # source checkout / editable install
+)
+
+
+def preset_names() -> list[str]:
+    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.toml")})
+
+
+def find_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise TinyGPTError(f"config file not found: {path}")
+        return path
+    for d in CONFIG_DIRS:
+        if (d / f"{name_or_path}.toml").is_file():
+            return d / f"{name_or_path}.toml"
+    raise TinyGPTError(f"unknown preset {name_or_path!r} (known: {', '.join(preset_names())})")
+
+
+def load_config(preset: str | None = None, overrides: dict[str, str] | None = None, base: dict | None = None) -> Config:
+    """Defaults <- `base` (e.g. a saved run's config) <- preset TOML <- overrides, then validate."""
+    cfg = Config()
+    if base:
+        apply_dict(cfg, base, "")
+    if preset:
+        path = find_preset(preset)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise TinyGPTError(f"config file {path} is not valid TOML: {e}") from None
+        apply_dict(cfg, data, "", source=str(path))
+    for key, value in (overrides or {}).items():
+        set_value(cfg, key, value)
+    return cfg.validate()
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    apply_dict(cfg, data, "")
+    return cfg.validate()
+
+
+def apply_dict(obj, data: dict, prefix: str, source: str = "config") -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise TinyGPTError(f"{source}: unknown key {dotted!r}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TinyGPTError(f"{source}: {dotted!r} must be a table")
+            apply_dict(current, value, f"{dotted}.", source)
+        else:
+            setattr(obj, key, _coerce(value, _field_type(obj, key), dotted))
+
+
+def set_value(cfg: Config, dotted: str, raw: str) -> None:
+    """Apply one command-line override such as ('model.n_layer', '4')."""
+    parts = dotted.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise TinyGPTError(f"unknown config key {dotted!r}")
+        if i < len(parts) - 1:
+            obj = getattr(obj, part)
+    if dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        raise TinyGPTError(f"config key {dotted!r} is a section; set one of its keys")
+    setattr(obj, parts[-1], _parse_text(raw, _field_type(obj, parts[-1]), dotted))
+
+
+def _field_type(obj, name: str) -> type:
+    hints = typing.get_type_hints(type(obj))
+    t = hints[name]
+    if isinstance(t, types.UnionType):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return t
+
+
+def _coerce(value, typ: type, key: str):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool) or typ is not bool and isinstance(value, bool) or not isinstance(value, typ):
+        raise TinyGPTError(f"config: {key!r} must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _parse_text(raw: str, typ: type, key: str):
+    try:
+        if typ is bool:
+            if raw.lower() in ("true", "1", "yes", "on"):
+                return True
+            if raw.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(float(raw)) if "e" in raw.lower() else int(raw.replace("_", ""))
+        return typ(raw)
+    except ValueError:
+        raise TinyGPTError(f"config: {key!r} must be {typ.__name__}, got {raw!r}") from None
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """['--model.n_layer', '4', '--train.lr=3e-4'] -> {'model.n_layer': '4', 'train.lr': '3e-4'}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=")[0]:
+            raise TinyGPTError(f"unrecognised argument {arg!r} (config overrides look like --model.n_layer 4)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise TinyGPTError(f"override {arg} needs a value")
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        out[key] = value
+    return out
+
+
+def dump_toml(cfg: Config) -> str:
+    """The resolved config as TOML, saved beside every output."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- `tinygpt presets`
+
+
+def add_presets_arguments(p) -> None:
+    from .cli import add_config_arguments
+
+    p.add_argument("name", nargs="?", help="a preset to print fully resolved (with any overrides)")
+    add_config_arguments(p)
+
+
+def run_presets(args) -> int:
+    name = args.name or args.config
+    if not name:
+        for preset in preset_names():
+            first = find_preset(preset).read_text(encoding="utf-8").splitlines()[:1]
+            note = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+            print(f"{preset:<14} {note}")
+        return 0
+    print(dump_toml(load_config(name, args.overrides)), end="")
+    return 0

@@ -1,0 +1,383 @@
+"""Three tokenizers behind one small interface: `char`, byte-level `bpe` and `sentencepiece`.
+
+The end-of-text id is never produced by encoding text: the document splitter appends it.
+So a literal "<|endoftext|>" inside a story or a prompt is ordinary text and round-trips.
+It is decoded as the separator line it stands for in the corpus, "<|endoftext|>\\n".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from .common import TinyGPTError, atomic_write_bytes
+
+EOT_TEXT = "<|endoftext|>"
+EOT_SEPARATOR = EOT_TEXT + "\n"  # what the end-of-text token stands for in a .txt corpus
+META_FILE = "tokenizer.json"  # our small description; the library's own files sit beside it
+
+
+class Tokenizer(ABC):
+    """What every stage needs of a tokenizer. Ids fit in uint32; `eot_id` is a normal id."""
+
+    kind: str
+    eot_id: int
+    vocab_size: int
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Encode a document's text (never yields `eot_id`)."""
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Encode a person's prompt; a tokenizer that would lose characters refuses instead."""
+        return self.encode(text)
+
+    def encode_docs(self, docs: list[str]) -> tuple[np.ndarray, int]:
+        """Encode documents into one array with `eot_id` after each; also return the unknown count."""
+        encoded = self.encode_batch(docs)
+        eot = [self.eot_id]
+        total = sum(map(len, encoded)) + len(encoded)
+        flat = np.fromiter(chain.from_iterable(x for ids in encoded for x in (ids, eot)), dtype=np.uint32, count=total)
+        return flat, 0
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for ids; `eot_id` becomes the separator line it stands for."""
+
+    @abstractmethod
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (int64, length vocab_size): the bits-per-byte denominator."""
+
+    @abstractmethod
+    def _save_files(self, out: Path) -> dict:
+        """Write the library's own files into `out`; return extra metadata for tokenizer.json."""
+
+    def save(self, out: str | Path) -> None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "vocab_size": self.vocab_size, "eot_id": self.eot_id, **self._save_files(out)}
+        atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+    @property
+    def hash(self) -> str:
+        """A stable hash of what decides the ids, so shards and checkpoints can be matched."""
+        return hashlib.sha256(self._content()).hexdigest()[:16]
+
+    @abstractmethod
+    def _content(self) -> bytes: ...
+
+
+# ---------------------------------------------------------------- char
+
+
+class CharTokenizer(Tokenizer):
+    """The original write-up's tokenizer: one id per character seen in the training text.
+
+    Ids: 0 is <|endoftext|>, 1 is <unk>, then the characters in code-point order.
+    Encoding is a table lookup on the UTF-32 code points, so it runs at numpy speed.
+    """
+
+    kind = "char"
+    eot_id = 0
+    unk_id = 1
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self.vocab_size = len(self.chars) + 2
+        self._table = np.full(0x110000, self.unk_id, dtype=np.uint32)
+        self._table[np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)] = np.arange(2, self.vocab_size)
+        self._strings = [EOT_SEPARATOR, "\ufffd"] + list(self.chars)
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise TinyGPTError("cannot build a char tokenizer: the corpus has no text")
+        return cls("".join(seen))
+
+    def _codepoints(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+    def encode(self, text: str) -> list[int]:
+        return self._table[self._codepoints(text)].tolist()
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self._table[self._codepoints(text)]
+        unknown = np.flatnonzero(ids == self.unk_id)
+        if unknown.size:
+            pos = int(unknown[0])
+            raise TinyGPTError(
+                f"the prompt has character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos}, "
+                "which this char tokenizer never saw in training"
+            )
+        return ids.tolist()
+
+    def encode_docs(self, docs: list[str]) -> tuple[np.ndarray, int]:
+        if "\0" in self.chars:  # NUL is the sentinel below; a corpus containing it takes the plain path
+            return super().encode_docs(docs)
+        # One lookup for the whole batch: join with NUL, then turn each NUL into an end-of-text id.
+        joined = self._codepoints("\0".join(docs) + "\0")
+        ids = self._table[joined]
+        ids[joined == 0] = self.eot_id
+        return ids, int(np.count_nonzero(ids == self.unk_id))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        strings = self._strings
+        return "".join(strings[i] for i in ids)
+
+    def token_bytes(self) -> np.ndarray:
+        # <unk> stands for a character we cannot recover; count it as one byte.
+        return np.array([len(s.encode()) for s in self._strings[:1]] + [1] + [len(c.encode()) for c in self.chars], dtype=np.int64)
+
+    def _save_files(self, out: Path) -> dict:
+        return {"chars": self.chars}
+
+    def _content(self) -> bytes:
+        return b"char\0" + self.chars.encode("utf-8", "surrogatepass")
+
+
+# ---------------------------------------------------------------- bpe (Hugging Face tokenizers)
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from Hugging Face `tokenizers`: every byte is in the alphabet, so nothing is unknown.
+
+    The library's model holds ids 0..n-1; <|endoftext|> is id n, kept outside the library so
+    that the library never matches it inside text.
+    """
+
+    kind = "bpe"
+    FILE = "bpe.json"
+
+    def __init__(self, hf_tokenizer):
+        self._tok = hf_tokenizer
+        self.eot_id = hf_tokenizer.get_vocab_size()
+        self.vocab_size = self.eot_id + 1
+
+    @staticmethod
+    def _empty():
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import pre_tokenizers, trainers
+
+        tok = cls._empty()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - 1,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        got = tok.get_vocab_size() + 1
+        if got < vocab_size:
+            raise TinyGPTError(
+                f"the training text supports a BPE vocabulary of only {got} tokens, not {vocab_size}: "
+                f"use --tokenizer.vocab_size {got} or less, or more text"
+            )
+        return cls(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if i == self.eot_id:
+                out.append(self._tok.decode(run, skip_special_tokens=False))
+                out.append(EOT_SEPARATOR)
+                run = []
+            else:
+                run.append(i)
+        out.append(self._tok.decode(run, skip_special_tokens=False))
+        return "".join(out)
+
+    def token_bytes(self) -> np.ndarray:
+        # Byte-level tokens are spelled with one stand-in character per byte.
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self._tok.get_vocab().items():
+            lengths[i] = len(token)
+        lengths[self.eot_id] = len(EOT_SEPARATOR.encode())
+        return lengths
+
+    def _save_files(self, out: Path) -> dict:
+        atomic_write_bytes(out / self.FILE, self._tok.to_str().encode())
+        return {"file": self.FILE}
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return cls(HFTokenizer.from_str((folder / meta.get("file", cls.FILE)).read_text(encoding="utf-8")))
+        except (OSError, ValueError, Exception) as e:  # the library raises plain Exception on bad JSON
+            raise TinyGPTError(f"cannot read the BPE tokenizer in {folder}: {e}") from None
+
+    def _content(self) -> bytes:
+        return b"bpe\0" + self._tok.to_str().encode()
+
+
+# ---------------------------------------------------------------- sentencepiece
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece BPE with byte fallback and every option that makes it lossless.
+
+    Identity normalisation, no dummy prefix, whitespace kept as is and full character
+    coverage, so decode(encode(t)) == t for any text without U+2581 ("▁"), the library's
+    own stand-in for a space: a literal "▁" comes back as a space.
+    """
+
+    kind = "sentencepiece"
+    FILE = "sentencepiece.model"
+
+    def __init__(self, model_bytes: bytes):
+        import sentencepiece as spm
+
+        self._bytes = model_bytes
+        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        self.eot_id = self._sp.piece_to_id(EOT_TEXT)
+        self.vocab_size = self._sp.get_piece_size()
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
+        import sentencepiece as spm
+
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_lines(texts),
+                model_writer=model,
+                model_type="bpe",
+                vocab_size=vocab_size,
+                byte_fallback=True,
+                character_coverage=1.0,
+                normalization_rule_name="identity",
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                allow_whitespace_only_pieces=True,
+                split_digits=True,
+                max_sentence_length=1 << 16,
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                control_symbols=[EOT_TEXT],
+                minloglevel=2,
+                num_threads=1,
+            )
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0] if str(e) else "training failed"
+            raise TinyGPTError(f"sentencepiece could not train a vocabulary of {vocab_size}: {msg}") from None
+        return cls(model.getvalue())
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if i == self.eot_id:
+                out.append(self._sp.decode(run))
+                out.append(EOT_SEPARATOR)
+                run = []
+            else:
+                run.append(i)
+        out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def token_bytes(self) -> np.ndarray:
+        sp = self._sp
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            if sp.is_byte(i):
+                lengths[i] = 1
+            elif not (sp.is_control(i) or sp.is_unknown(i)):
+                lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode())
+        lengths[self.eot_id] = len(EOT_SEPARATOR.encode())
+        return lengths
+
+    def _save_files(self, out: Path) -> dict:
+        atomic_write_bytes(out / self.FILE, self._bytes)
+        return {"file": self.FILE}
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict) -> SentencePieceTokenizer:
+        try:
+            return cls((folder / meta.get("file", cls.FILE)).read_bytes())
+        except (OSError, RuntimeError) as e:
+            raise TinyGPTError(f"cannot read the sentencepiece model in {folder}: {e}") from None
+
+    def _content(self) -> bytes:
+        return b"sentencepiece\0" + self._bytes
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    """SentencePiece trains on lines; feed it paragraphs, keeping newlines learnable via byte fallback."""
+    for text in texts:
+        for line in text.split("\n"):
+            if line:
+                yield line
+
+
+# ---------------------------------------------------------------- building and loading
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of `kind` on an iterable of document texts (a bounded sample)."""
+    if kind == "char":
+        return CharTokenizer.train(texts)
+    if kind == "bpe":
+        return BPETokenizer.train(texts, vocab_size)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.train(texts, vocab_size)
+    raise TinyGPTError(f"unknown tokenizer kind {kind!r}")
+
+
+def load_tokenizer(folder: str | Path, expect_kind: str | None = None) -> Tokenizer:
+    """Load a tokenizer saved with `save`; `expect_kind` rejects a tokenizer of the wrong kind."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    meta_path = folder / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        kind = meta["kind"]
+    except FileNotFoundError:
+        raise TinyGPTError(f"no tokenizer in {folder} (missing {META_FILE})") from None
+    except (ValueError, KeyError, TypeError):
+        raise TinyGPTError(f"{meta_path} is not a tinygpt tokenizer file") from None
+    if expect_kind and kind != expect_kind:
+        raise TinyGPTError(f"tokenizer in {folder} is of kind {kind!r}, expected {expect_kind!r}")
+    if kind == "char":
+        if not isinstance(meta.get("chars"), str) or not meta["chars"]:
+            raise TinyGPTError(f"{meta_path} is not a valid char tokenizer")
+        return CharTokenizer(meta["chars"])
+    if kind == "bpe":
+        return BPETokenizer.load(folder, meta)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.load(folder, meta)
+    raise TinyGPTError(f"{meta_path} has unknown tokenizer kind {kind!r}")
