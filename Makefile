@@ -20,7 +20,7 @@ setup: $(BIN)/python
 
 setup-dev: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,hf,serve]"
 
 demo: setup
 	$(BIN)/tinygpt prepare $(DATA) --out $(RUN)/data --config $(PRESET)

@@ -1,0 +1,122 @@
+"""Batches from token shards: random windows for training, an ordered pass for evaluation.
+
+Shards are opened with numpy.memmap, so memory use does not depend on the corpus size.
+Training windows come from one explicit torch.Generator whose state is saved in every
+checkpoint: a resumed run draws exactly the batches the uninterrupted run would have.
+Under DDP every rank draws the same global batch and keeps its own slice, so N ranks see
+exactly the batches of one process with an N-times batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import TinyGPTError
+from .data import read_manifest
+
+
+class ShardSet:
+    """The shards of one split, addressed as one sequence of tokens."""
+
+    def __init__(self, folder: str | Path, split: str):
+        folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        info = self.manifest["splits"].get(split)
+        if not info or not info["tokens"]:
+            raise TinyGPTError(f"{folder} has no {split!r} tokens")
+        dtype = np.dtype(self.manifest["dtype"])
+        self.shards = []
+        for shard in info["shards"]:
+            path = folder / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+                raise TinyGPTError(f"shard {path} is missing or has the wrong size: prepare the data again")
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.split = split
+        self.tokens = int(info["tokens"])
+        self.text_bytes = int(info["text_bytes"])
+
+    def windows_starts(self, length: int) -> np.ndarray:
+        """Cumulative count of window start positions of `length` tokens, shard by shard."""
+        return np.cumsum([max(0, len(s) - length + 1) for s in self.shards])
+
+    def read(self, shard: int, start: int, length: int) -> np.ndarray:
+        return np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
+
+
+class TrainLoader:
+    """Random windows of block_size + 1 tokens (inputs and shifted targets), from one generator."""
+
+    def __init__(self, shards: ShardSet, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.shards = shards
+        self.block_size = block_size
+        self.batch_size = batch_size  # per rank
+        self.rank, self.world_size = rank, world_size
+        self.counts = shards.windows_starts(block_size + 1)
+        if self.counts[-1] == 0:
+            longest = max(len(s) for s in shards.shards)
+            raise TinyGPTError(
+                f"block_size {block_size} needs shards of at least {block_size + 1} tokens; "
+                f"the longest {shards.split} shard has {longest}: use a smaller --model.block_size or more data"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches_drawn = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global batch."""
+        global_batch = self.batch_size * self.world_size
+        picks = torch.randint(int(self.counts[-1]), (global_batch,), generator=self.generator).numpy()
+        picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        shard_of = np.searchsorted(self.counts, picks, side="right")
+        offsets = picks - np.concatenate([[0], self.counts])[shard_of]
+        rows = np.stack([self.shards.read(s, o, self.block_size + 1) for s, o in zip(shard_of, offsets)])
+        self.batches_drawn += 1
+        data = torch.from_numpy(rows)
+        return data[:, :-1], data[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches_drawn = int(state["batches_drawn"])
+
+
+def eval_windows(
+    shards: ShardSet, block_size: int, batch_size: int, max_windows: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Non-overlapping windows in order, every target token once (the exact evaluation pass).
+
+    Windows cover tokens [i*T, i*T + T] of each shard, so consecutive windows share one
+    token: the last target of one is the first input of the next. A shard's tail shorter
+    than a window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
+    """
+    taken = 0
+    batch: list[np.ndarray] = []
+    for shard in shards.shards:
+        n = len(shard)
+        for start in range(0, n - 1, block_size):
+            length = min(block_size + 1, n - start)
+            row = np.asarray(shard[start : start + length], dtype=np.int64)
+            if batch and len(row) != len(batch[0]):
+                yield _pair(batch)
+                batch = []
+            batch.append(row)
+            taken += 1
+            if len(batch) == batch_size:
+                yield _pair(batch)
+                batch = []
+            if max_windows and taken >= max_windows:
+                if batch:
+                    yield _pair(batch)
+                return
+    if batch:
+        yield _pair(batch)
+
+
+def _pair(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.from_numpy(np.stack(rows))
+    return data[:, :-1], data[:, 1:]
