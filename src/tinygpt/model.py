@@ -1,0 +1,385 @@
+"""The GPT language model, both families, in one file meant to be read top to bottom.
+
+- "gpt2": learned position embeddings, LayerNorm, a GELU (tanh form) or ReLU MLP, biases
+  chosen per part. Heads may be wider than n_embd / n_head: the seed model used 6 heads of
+  64 channels on a 64-wide embedding.
+- "llama": rotary position embeddings (Hugging Face's rotate-half layout), RMSNorm computed
+  in float32, a SwiGLU MLP, no biases, optional grouped-query attention.
+
+Dropout (training only) sits in the same four places in both families, as in llama2.c:
+the embeddings, the attention weights, the attention output and the MLP output.
+
+Parameter names are Hugging Face's (GPT2LMHeadModel, LlamaForCausalLM), so export is a
+rename plus two layout changes: GPT-2's Conv1D stores weights transposed, and Llama's fused
+qkv_proj is split into q_proj, k_proj, v_proj.
+
+The model owns an optional KV cache for generation: init_cache(), then forward(idx, start_pos=p)
+with the prompt at p=0 and one token at a time after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import TinyGPTError
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned gain (no bias, no mean).
+
+    The statistics are taken in float32 and the result cast back, as Hugging Face's Llama
+    does: squares of bf16/fp16 activations lose precision or overflow.
+    """
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cache(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles for positions [0, length), each (length, hs).
+
+    Rotate-half layout: channel i and channel i + hs/2 form a pair, turned by the angle
+    position * theta^(-2i/hs). Meta's original code pairs neighbours (2i, 2i+1) instead;
+    using Hugging Face's layout means exported q/k weights need no permutation.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (length, hs): both channels of a pair share an angle
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dimension: a 90 degree turn of each pair."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair of x (B, nh, T, hs) by its position's angle; cos, sin are (T, hs).
+
+    After rotation q.k depends only on the distance between the two positions.
+    """
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """Keys and values of the positions seen so far, for one layer.
+
+    With it, each new token attends to stored keys instead of recomputing the whole prefix.
+    Buffers are non-persistent: the cache never enters a state_dict, but follows model.to().
+    """
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype):
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nkv, T, hs) at positions [start_pos, start_pos + T); return all keys and values so far."""
+        B, _, T, _ = k.size()
+        end = start_pos + T
+        self.k[:B, :, start_pos:end] = k
+        self.v[:B, :, start_pos:end] = v
+        # the cache may be kept in a wider dtype than the activations (autocast): hand back theirs
+        return self.k[:B, :, :end].to(k.dtype), self.v[:B, :, :end].to(v.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention on scaled_dot_product_attention, with an optional KV cache.
+
+    Queries, keys and values come from one fused linear, in that order along its output.
+    Key/value heads may be fewer than query heads (grouped-query attention): each one then
+    serves n_head // n_kv_head consecutive query heads. The two families subclass this
+    only to give the projections their Hugging Face names (and, for Llama, to rotate q, k).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.out_dim = self.n_head * self.head_dim  # may differ from n_embd: the output projection maps it back
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.cache: KVCache | None = None
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs), k and v (B, nkv, T, hs)."""
+        B, T, _ = qkv.size()
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = qkv.split([self.out_dim, kv_dim, kv_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs)) v over the causal past; returns (B, T, nh * hs).
+
+        start_pos None: no cache, q and k cover the same T positions. Otherwise this chunk
+        sits at [start_pos, start_pos + T) and is written into the cache first.
+        """
+        B, _, T, _ = q.size()
+        if start_pos is not None:
+            k, v = self.cache.update(k, v, start_pos)  # (B, nkv, start_pos + T, hs)
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        dropout_p = self.dropout if self.training else 0.0
+        if not start_pos:  # queries and keys start at the same position: the plain lower triangle
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # query i is at start_pos + i and sees keys [0, start_pos + i]
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return y.transpose(1, 2).contiguous().view(B, T, self.out_dim)  # (B, nh, T, hs) -> (B, T, nh * hs)
+
+
+class GPT2Attention(CausalSelfAttention):
+    """GPT-2 names: c_attn makes q, k, v; c_proj maps the heads back to the residual stream."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.c_attn = nn.Linear(cfg.n_embd, self.qkv_dim, bias=cfg.bias_qkv)
+        self.c_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=cfg.bias_proj)
+
+    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        q, k, v = self.split_heads(self.c_attn(x))
+        return self.resid_dropout(self.c_proj(self.attend(q, k, v, start_pos)))
+
+
+class LlamaAttention(CausalSelfAttention):
+    """Llama names (qkv_proj fused here, split on export; o_proj), no biases, rotary positions on q and k."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.qkv_proj = nn.Linear(cfg.n_embd, self.qkv_dim, bias=False)
+        self.o_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], start_pos: int | None = None):
+        q, k, v = self.split_heads(self.qkv_proj(x))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.resid_dropout(self.o_proj(self.attend(q, k, v, start_pos)))
+
+
+class MLP(nn.Module):
+    """GPT-2 feed-forward: widen, GELU (tanh form, as GPT-2 was trained) or ReLU, narrow."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias_mlp)
+        self.act = nn.GELU(approximate="tanh") if cfg.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias_mlp)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class SwiGLU(nn.Module):
+    """Llama feed-forward: a SiLU-gated product of two projections, then back down."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """GPT-2 block: pre-norm attention then pre-norm MLP, each added to the residual stream."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = GPT2Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), start_pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class LlamaBlock(nn.Module):
+    """Llama block: the same residual shape as GPT-2's, with RMSNorm, RoPE attention and SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.self_attn = LlamaAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, rope, start_pos: int | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, start_pos)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, V), and the loss when targets are given."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size <= 0:
+            raise TinyGPTError("config: model.vocab_size must be positive (set it from the tokenizer)")
+        self.cfg = cfg
+        self.cache_size: tuple[int, int] | None = None  # (batch_size, max_len) while a KV cache exists
+
+        if cfg.family == "gpt2":
+            self.transformer = nn.ModuleDict({
+                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),  # token embeddings
+                "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),  # learned position embeddings
+                "drop": nn.Dropout(cfg.dropout),
+                "h": nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                "ln_f": nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps),
+            })
+            token_embedding, head_bias = self.transformer.wte, cfg.bias_head
+        else:
+            self.model = nn.ModuleDict({
+                "embed_tokens": nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                "drop": nn.Dropout(cfg.dropout),
+                "layers": nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)]),
+                "norm": RMSNorm(cfg.n_embd, cfg.norm_eps),
+            })
+            token_embedding, head_bias = self.model.embed_tokens, False
+            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=head_bias)
+        if cfg.tie_weights:
+            self.lm_head.weight = token_embedding.weight  # one matrix reads tokens in and scores them out
+
+        self.apply(self._init_weights)
+        # Projections that write into the residual stream are scaled down so that its
+        # variance does not grow with depth (GPT-2 paper): 2 such writes per layer.
+        for name, p in self.named_parameters():
+            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int | None = None):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        targets (B, T): mean cross-entropy over positions whose target is not -1.
+        start_pos: the absolute position of idx[:, 0] when decoding with the KV cache.
+        """
+        B, T = idx.size()
+        self._check_positions(B, T, start_pos)
+        start = start_pos or 0
+        if self.cfg.family == "gpt2":
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            for block in self.transformer.h:
+                x = block(x, start_pos)
+            x = self.transformer.ln_f(x)
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hs) each
+            x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C)
+            for layer in self.model.layers:
+                x = layer(x, rope, start_pos)
+            x = self.model.norm(x)
+        logits = self.lm_head(x)  # (B, T, V)
+
+        loss = None
+        if targets is not None:  # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def _check_positions(self, B: int, T: int, start_pos: int | None) -> None:
+        block_size = self.cfg.block_size
+        if start_pos is None:
+            if T > block_size:
+                raise TinyGPTError(f"sequence of {T} tokens is longer than the model's block_size={block_size}")
+            return
+        if self.cache_size is None:
+            raise TinyGPTError("forward(start_pos=...) needs a KV cache: call init_cache() first")
+        batch_size, max_len = self.cache_size
+        end = start_pos + T
+        if B > batch_size:
+            raise TinyGPTError(f"batch of {B} does not fit the KV cache made for {batch_size}")
+        if start_pos < 0:
+            raise TinyGPTError(f"start_pos must not be negative, got {start_pos}")
+        if self.cfg.family == "gpt2" and end > block_size:
+            raise TinyGPTError(
+                f"position {end - 1} is past block_size={block_size}, where GPT-2's learned positions end: "
+                "re-prefill the last window"
+            )
+        if end > max_len:
+            raise TinyGPTError(f"position {end - 1} does not fit the KV cache of max_len={max_len}")
+
+    def init_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> None:
+        """Allocate every layer's key/value buffers for positions [0, max_len) (default block_size).
+
+        device and dtype default to the parameters'. Llama's positions may run past
+        block_size (the rotary tables are extended); GPT-2's learned positions may not.
+        """
+        cfg = self.cfg
+        max_len = max_len or cfg.block_size
+        if cfg.family == "gpt2" and max_len > cfg.block_size:
+            raise TinyGPTError(f"a GPT-2 KV cache cannot outgrow block_size={cfg.block_size} (asked for {max_len})")
+        param = next(self.parameters())
+        device, dtype = device or param.device, dtype or param.dtype
+        if cfg.family == "llama" and max_len > self.rope_cos.size(0):
+            cos, sin = rope_cache(cfg.head_dim, max_len, cfg.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos), sin.to(self.rope_sin)
+        for attn in self._attention_layers():
+            attn.cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.head_dim, device, dtype)
+        self.cache_size = (batch_size, max_len)
+
+    def clear_cache(self) -> None:
+        """Free the KV cache; forward() without start_pos never uses it anyway."""
+        for attn in self._attention_layers():
+            attn.cache = None
+        self.cache_size = None
+
+    def _attention_layers(self) -> list[CausalSelfAttention]:
+        return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, a tied matrix counted once.
+
+        non_embedding: leave out lookup tables (position embeddings, and the token embedding
+        unless it is tied to lm_head, where it does a matmul), as in the scaling-law papers.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            tables = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+            n -= sum(w.numel() for w in tables if w is not self.lm_head.weight)
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, forward and backward (PaLM appendix B, nanoGPT's estimate_mfu).
+
+        6 per matmul weight (2 forward, 4 backward), plus 12 per layer, head, head channel and
+        context position for the attention scores and their weighted sum at full block_size.
+        """
+        cfg = self.cfg
+        attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+        return 6 * self.num_params(non_embedding=True) + attention
