@@ -21,6 +21,9 @@ setup: $(BIN)/python
 setup-dev: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,hf,serve]"
+	@# The browser test drives Debian's chromium; without root or apt it skips with a reason.
+	@command -v chromedriver >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser test will skip"
 
 demo: setup
 	$(BIN)/tinygpt prepare $(DATA) --out $(RUN)/data --config $(PRESET)

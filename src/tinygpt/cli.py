@@ -18,6 +18,9 @@ COMMANDS = [
     ("prepare", "tinygpt.data", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards"),
     ("train", "tinygpt.train", "train a model on prepared shards or raw text; resume with --resume auto"),
     ("plot", "tinygpt.train", "draw the loss curve (bits per byte) of a training run"),
+    ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),
+    ("export", "tinygpt.export", "export a trained model to a folder Hugging Face transformers loads"),
+    ("serve", "tinygpt.serve", "a local story playground: web page and OpenAI-style HTTP API"),
     ("presets", "tinygpt.config", "list the shipped config presets, or print one resolved"),
 ]
 
