@@ -1,0 +1,90 @@
+"""The command line as a user meets it: help texts, presets, overrides and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tinygpt.cli import COMMANDS, build_parser
+from tinygpt.config import load_config, preset_names
+
+
+def tinygpt(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_every_command_is_wired():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(subparsers.choices) == sorted(name for name, _, _ in COMMANDS)
+
+
+def test_top_level_help_lists_commands():
+    result = tinygpt("--help")
+    assert result.returncode == 0
+    for name, _, _ in COMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in COMMANDS])
+def test_command_help(name):
+    result = tinygpt(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: tinygpt " + name in result.stdout
+
+
+def test_presets_list_and_resolve():
+    result = tinygpt("presets")
+    assert result.returncode == 0
+    for name in preset_names():
+        assert name in result.stdout
+    result = tinygpt("presets", "tiny", "--model.n_layer", "3", "--train.lr=0.5")
+    assert result.returncode == 0, result.stderr
+    assert "n_layer = 3" in result.stdout and "lr = 0.5" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.n_head", "5"], "model.n_head"),
+        (["--model.nope", "1"], "model.nope"),
+        (["--model.n_layer", "two"], "model.n_layer"),
+        (["--train.batch_size", "0"], "train.batch_size"),
+        (["--tokenizer.kind", "words"], "tokenizer.kind"),
+        (["--model.n_layer"], "needs a value"),
+        (["stray"], "stray"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(args, message):
+    result = tinygpt("presets", "tiny", *args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr
+
+
+def test_unknown_preset_and_bad_toml(tmp_path):
+    result = tinygpt("presets", "no-such-preset")
+    assert result.returncode != 0 and "unknown preset" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nn_layer = 'x'\n")
+    result = tinygpt("presets", str(bad))
+    assert result.returncode != 0 and "model.n_layer" in result.stderr
+    bad.write_text("[model\n")
+    result = tinygpt("presets", str(bad))
+    assert result.returncode != 0 and "not valid TOML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    from tinygpt.config import dump_toml
+
+    cfg = load_config("tiny", {"model.dropout": "0.1", "train.max_time": "90s", "data.text_field": 'say "hi"'})
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(cfg))
+    assert load_config(str(path)) == cfg
+
+
+def test_python_dash_m_and_console_script_agree():
+    result = tinygpt("--version")
+    assert result.returncode == 0 and result.stdout.startswith("tinygpt ")
