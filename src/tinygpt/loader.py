@@ -50,7 +50,9 @@ class ShardSet:
 class TrainLoader:
     """Random windows of block_size + 1 tokens (inputs and shifted targets), from one generator."""
 
-    def __init__(self, shards: ShardSet, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, shards: ShardSet, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.shards = shards
         self.block_size = block_size
         self.batch_size = batch_size  # per rank
@@ -72,10 +74,9 @@ class TrainLoader:
         picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         shard_of = np.searchsorted(self.counts, picks, side="right")
         offsets = picks - np.concatenate([[0], self.counts])[shard_of]
-        rows = np.stack([self.shards.read(s, o, self.block_size + 1) for s, o in zip(shard_of, offsets)])
+        rows = [self.shards.read(s, o, self.block_size + 1) for s, o in zip(shard_of, offsets)]
         self.batches_drawn += 1
-        data = torch.from_numpy(rows)
-        return data[:, :-1], data[:, 1:]
+        return _pair(rows)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
@@ -118,5 +119,6 @@ def eval_windows(
 
 
 def _pair(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    data = torch.from_numpy(np.stack(rows))
-    return data[:, :-1], data[:, 1:]
+    """Windows of n + 1 tokens -> inputs (the first n) and targets (the last n), each contiguous."""
+    data = np.stack(rows)
+    return torch.from_numpy(np.ascontiguousarray(data[:, :-1])), torch.from_numpy(np.ascontiguousarray(data[:, 1:]))

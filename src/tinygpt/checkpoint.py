@@ -1,0 +1,353 @@
+"""Checkpoints: self-contained folders, written atomically, read without unpickling anything.
+
+    RUN/checkpoints/step-0000001000/
+        model.safetensors       the weights; a tied output matrix is stored once, under the embedding's name
+        optimizer.safetensors   AdamW's moments; its hyperparameters as JSON in the file's header
+        rank-00000.safetensors  one per process: the torch CPU (and CUDA/MPS) generator, the data
+                                loader's generator and position, Python's and numpy's random states
+        state.json              format version, step, step budget, tokens seen, best validation bpb, ...
+        config.toml             the resolved config
+        tokenizer/              a copy of the tokenizer
+        COMPLETE                written last: a folder without it is ignored
+    RUN/best/                   the best validation bpb so far: weights, state, config and tokenizer
+
+A folder is written under a temporary name, every file is flushed to disk, the marker is
+written last and the folder renamed: a crash or a full disk leaves the previous checkpoint
+as it was. Tensors go into safetensors files and everything else into JSON, so loading a
+checkpoint from anyone runs no code of theirs (torch.load would unpickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from .common import TinyGPTError, read_json
+from .config import Config, ModelConfig, load_config
+
+FORMAT_VERSION = 1
+MARKER = "COMPLETE"
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
+CONFIG = "config.toml"
+TOKENIZER = "tokenizer"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+_STEP_NAME = re.compile(r"step-(\d+)")
+
+
+def step_folder(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:010d}"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.safetensors"
+
+
+# ---------------------------------------------------------------- random state
+
+
+def capture_rng(device: str) -> dict:
+    """Every global random stream a training process draws from, as tensors and JSON values."""
+    version, internal, gauss_next = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            **np_state,
+            "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])},
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict, device: str) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {**np_state, "state": {**np_state["state"], "key": np.array(np_state["state"]["key"], dtype=np.uint32)}}
+    )
+    torch.set_rng_state(state["torch"])
+    if device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device == "mps":
+        torch.mps.set_rng_state(state["mps"])
+
+
+# ---------------------------------------------------------------- tensors + JSON in one safetensors file
+
+
+def save_tree(path: Path, tree: dict) -> None:
+    """A nested dict with string keys: its tensors become the file's tensors (dotted names), the rest JSON in its header."""
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, f"{name}.")
+            elif isinstance(value, torch.Tensor):
+                tensors[name] = value.detach().cpu().contiguous()
+            else:
+                values[name] = value
+
+    walk(tree, "")
+    _write_safetensors(path, tensors, {"json": json.dumps(values)})
+
+
+def load_tree(path: Path) -> dict:
+    """The dict `save_tree` wrote (dict keys come back as strings, tuples as lists)."""
+    tensors, header = _read_safetensors(path)
+    tree: dict = {}
+    for name, value in {**json.loads(header.get("json", "{}")), **tensors}.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Serialize in memory and write the bytes ourselves: safetensors' own writer reports a full
+    disk as a SafetensorError, and the command line explains an OSError (ENOSPC, EFBIG) in one line."""
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; every way it can be broken becomes one error."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}  # noqa: SIM118 (not iterable)
+    except FileNotFoundError:
+        raise TinyGPTError(f"checkpoint file missing: {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TinyGPTError(f"cannot read {path}: {e}") from None
+
+
+# ---------------------------------------------------------------- weights
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights as safetensors. A tensor shared by two names (tied embedding and output layer)
+    is stored once under its first name, as Hugging Face does; the header records the alias."""
+    first_name: dict[int, str] = {}
+    tensors, tied = {}, {}
+    for name, t in state_dict.items():
+        if t.data_ptr() in first_name:
+            tied[name] = first_name[t.data_ptr()]
+        else:
+            first_name[t.data_ptr()] = name
+            tensors[name] = t.detach().cpu().contiguous()
+    _write_safetensors(path, tensors, {"format": "pt", "tied": json.dumps(tied)})
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    tensors, header = _read_safetensors(path)
+    for alias, name in json.loads(header.get("tied", "{}")).items():
+        tensors[alias] = tensors[name]
+    return tensors
+
+
+def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    try:
+        model.load_state_dict(read_weights(Path(folder) / WEIGHTS))
+    except RuntimeError as e:
+        raise TinyGPTError(f"the weights in {folder} do not fit this model: {str(e).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------- writing a checkpoint folder
+
+
+def save_checkpoint(folder: str | Path, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:
+    """Write `state` as the checkpoint folder `folder`, atomically; an existing folder is replaced.
+
+    state: "model" (a state_dict), "progress" (JSON, becomes state.json), and for a checkpoint
+    that can be resumed, "optimizer" (a state_dict) and "ranks" (one dict per process,
+    each saved with save_tree).
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a writer that was killed
+    tmp.mkdir(parents=True)
+    try:
+        save_weights(state["model"], tmp / WEIGHTS)
+        if "optimizer" in state:
+            save_tree(tmp / OPTIMIZER, state["optimizer"])
+        for rank, tree in enumerate(state.get("ranks", [])):
+            save_tree(tmp / rank_file(rank), tree)
+        (tmp / STATE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state["progress"]}, indent=2) + "\n")
+        (tmp / CONFIG).write_text(config_toml, encoding="utf-8")
+        shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
+        _fsync_tree(tmp)
+        (tmp / MARKER).write_text("")
+        _fsync(tmp / MARKER)
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file to disk before the marker says they are complete."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+
+
+def _replace_folder(tmp: Path, folder: Path) -> None:
+    """Rename tmp to folder. A folder cannot be renamed over a non-empty one, so an existing
+    one (best/, rewritten at each new best) is first moved aside, then deleted."""
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+    if os.name == "posix":  # make the rename itself durable
+        _fsync(folder.parent)
+
+
+# ---------------------------------------------------------------- finding checkpoints
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete step checkpoints of a run, oldest first."""
+    found = []
+    for path in (Path(run_dir) / CHECKPOINTS).glob("step-*"):
+        match = _STEP_NAME.fullmatch(path.name)
+        if match and is_complete(path):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Keep the `keep_last` newest step checkpoints (0: all), and drop half-written leftovers."""
+    folder = Path(run_dir) / CHECKPOINTS
+    for leftover in folder.glob(".*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last:
+        for path in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(path)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or for a run folder its best/ checkpoint, else its newest one."""
+    path = Path(path)
+    if is_complete(path):
+        return path
+    if is_complete(path / BEST):
+        return path / BEST
+    latest = latest_checkpoint(path)
+    if latest is None:
+        if path.is_dir() and path.name.startswith("step-"):
+            raise TinyGPTError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its writer was interrupted")
+        raise TinyGPTError(f"no checkpoint found in {path}")
+    return latest
+
+
+# ---------------------------------------------------------------- reading a checkpoint folder
+
+
+def read_progress(folder: str | Path) -> dict:
+    """state.json of a complete checkpoint, checked for the format version this code writes."""
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise TinyGPTError(f"{folder} is not a complete checkpoint (no {MARKER} marker)")
+    progress = read_json(folder / STATE, "checkpoint state")
+    if progress.get("format_version") != FORMAT_VERSION:
+        raise TinyGPTError(
+            f"{folder} has checkpoint format {progress.get('format_version')!r}; this tinygpt reads {FORMAT_VERSION}"
+        )
+    return progress
+
+
+def read_config(folder: str | Path) -> Config:
+    return load_config(str(Path(folder) / CONFIG))
+
+
+def read_training_state(folder: str | Path, rank: int, world_size: int) -> dict:
+    """What resuming needs, in the layout `save_checkpoint` takes, with this rank's entry as "rank"."""
+    folder = Path(folder)
+    progress = read_progress(folder)
+    if not (folder / OPTIMIZER).is_file():
+        raise TinyGPTError(
+            f"{folder} holds weights only and cannot be resumed: start a new run from it with --init-from"
+        )
+    if progress["world_size"] != world_size:
+        raise TinyGPTError(
+            f"{folder} was written by {progress['world_size']} process(es), this run has {world_size}: "
+            "resume with the same number (or start a new run from it with --init-from)"
+        )
+    optimizer = load_tree(folder / OPTIMIZER)
+    optimizer["state"] = {int(i): s for i, s in optimizer.get("state", {}).items()}
+    for group in optimizer["param_groups"]:
+        group["betas"] = tuple(group["betas"])
+    return {
+        "model": read_weights(folder / WEIGHTS),
+        "optimizer": optimizer,
+        "rank": load_tree(folder / rank_file(rank)),
+        "progress": progress,
+    }
+
+
+def check_architecture(saved: ModelConfig, wanted: ModelConfig, folder: Path) -> None:
+    """Weights fit only the architecture they were trained with; dropout is a training choice and may differ."""
+    diffs = [
+        f"model.{key} {getattr(saved, key)!r} -> {getattr(wanted, key)!r}"
+        for key in (f.name for f in dataclasses.fields(saved))
+        if key != "dropout" and getattr(saved, key) != getattr(wanted, key)
+    ]
+    if diffs:
+        raise TinyGPTError(f"the config changes the architecture of the checkpoint {folder}: {', '.join(diffs)}")
+
+
+def load_model(path: str | Path):
+    """The model (on the CPU, in eval mode) and tokenizer of a checkpoint or run folder (see find_checkpoint)."""
+    from .model import GPT
+    from .tokenizers import load_tokenizer
+
+    folder = find_checkpoint(path)
+    read_progress(folder)
+    model = GPT(read_config(folder).model)
+    load_weights(model, folder)
+    return model.eval(), load_tokenizer(folder / TOKENIZER)

@@ -1,0 +1,375 @@
+"""The trainer: schedule, bits per byte, a loss that falls, exact resume (also after kill -9),
+signals, budgets, fine-tuning, and bad input refused in one line with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tinygpt import checkpoint as ckpt
+from tinygpt.cli import main
+from tinygpt.common import TinyGPTError
+from tinygpt.config import ModelConfig, TrainConfig, load_config
+from tinygpt.evaluate import evaluate
+from tinygpt.loader import ShardSet
+from tinygpt.model import GPT
+from tinygpt.tokenizers import load_tokenizer
+from tinygpt.train import Metrics, Trainer, lr_at, make_optimizer, read_metrics, steps_for_tokens
+
+# A model that trains in milliseconds a step, on one thread so that results are bit-exact.
+TINY = {
+    "model.n_layer": "1",
+    "model.n_embd": "32",
+    "model.block_size": "32",
+    "model.dropout": "0.1",  # dropout on: exact resume must also restore the dropout generator
+    "train.batch_size": "8",
+    "train.eval_windows": "16",
+    "train.log_interval": "10",
+    "train.threads": "1",
+    "train.sample_tokens": "20",
+}
+
+
+def settings(**overrides) -> dict[str, str]:
+    """TINY with overrides written as section__key=value."""
+    return {**TINY, **{key.replace("__", "."): str(value) for key, value in overrides.items()}}
+
+
+def tiny(**overrides):
+    return load_config("tiny", settings(**overrides))
+
+
+def cli_args(**overrides) -> list[str]:
+    return ["--config", "tiny"] + [arg for key, value in settings(**overrides).items() for arg in (f"--{key}", value)]
+
+
+def train(data, run, **overrides) -> int:
+    """`tinygpt train` in this process: its exit code."""
+    return main(["train", "--data", str(data), "--out", str(run), *cli_args(**overrides)])
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a, b) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def last_error_line(err: str) -> str:
+    """The error line, after any progress bar output on stderr."""
+    return err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def test_cosine_schedule_at_key_steps():
+    t = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, schedule="cosine")
+    assert lr_at(0, t, 110) == pytest.approx(1e-3 / 11)
+    assert lr_at(9, t, 110) == pytest.approx(1e-3 * 10 / 11)
+    assert lr_at(10, t, 110) == pytest.approx(1e-3)  # warmup done: the peak
+    assert lr_at(60, t, 110) == pytest.approx(5.5e-4)  # half way down the cosine
+    assert lr_at(110, t, 110) == pytest.approx(1e-4)
+    assert all(lr_at(s, t, 110) >= lr_at(s + 1, t, 110) for s in range(10, 110))
+
+
+def test_constant_schedule_and_token_budget():
+    t = TrainConfig(lr=3e-4, warmup_iters=0, schedule="constant", max_iters=5000)
+    assert {lr_at(s, t, 5000) for s in (0, 1, 2500, 4999)} == {3e-4}
+    assert steps_for_tokens(t, 2048) == 5000
+    assert steps_for_tokens(TrainConfig(max_tokens=10_000), 2048) == 5  # rounded up
+
+
+def test_weight_decay_on_matrices_only_unless_decay_all():
+    model = GPT(ModelConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    groups = make_optimizer(model, TrainConfig(weight_decay=0.1), "cpu").param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
+    seed = load_config("seed").train
+    (group,) = make_optimizer(model, seed, "cpu").param_groups  # the seed: torch's AdamW defaults
+    assert (
+        group["weight_decay"] == 0.01
+        and group["betas"] == (0.9, 0.999)
+        and len(group["params"]) == len(list(model.parameters()))
+    )
+
+
+# ---------------------------------------------------------------- bits per byte
+
+
+class Uniform(nn.Module):
+    """Every next token equally likely: loss ln V per token, whatever the text."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, idx, targets=None):
+        return torch.zeros(*idx.shape, self.vocab_size), None
+
+
+def test_bits_per_byte_is_bits_over_the_bytes_of_the_targets(char_data):
+    shards = ShardSet(char_data, "val")
+    token_bytes = torch.from_numpy(load_tokenizer(char_data / "tokenizer").token_bytes())
+    V = shards.manifest["vocab_size"]
+    targets = torch.cat([torch.from_numpy(s[1:].astype("int64")) for s in shards.shards])
+    result = evaluate(Uniform(V), shards, token_bytes, block_size=50, batch_size=7)
+    assert result["tokens"] == len(targets) == shards.tokens - len(shards.shards)
+    assert result["bytes"] == int(token_bytes[targets].sum())  # end-of-text counts 14 bytes
+    assert result["loss"] == pytest.approx(math.log(V))
+    assert result["bpb"] == pytest.approx(len(targets) * math.log2(V) / result["bytes"])
+
+
+def test_evaluation_does_not_depend_on_batching(char_data):
+    torch.manual_seed(0)
+    model = GPT(tiny(model__vocab_size=71).model)
+    shards = ShardSet(char_data, "val")
+    token_bytes = torch.from_numpy(load_tokenizer(char_data / "tokenizer").token_bytes())
+    a = evaluate(model, shards, token_bytes, block_size=32, batch_size=3, max_windows=20)
+    b = evaluate(model, shards, token_bytes, block_size=32, batch_size=8, max_windows=20)
+    assert a["tokens"] == b["tokens"] == 20 * 32
+    assert a["bpb"] == pytest.approx(b["bpb"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- training runs (in process)
+
+
+def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        train(char_data, run, train__max_iters=60, train__eval_interval=30, train__ckpt_interval=20, train__keep_last=2)
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "--- sample (20 tokens" in out and "best val bpb" in out
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 30, 60]
+    assert evals[-1]["bpb"] < evals[0]["bpb"] - 1.0  # about 6 bits per byte at random, much less after 60 steps
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [10, 20, 30, 40, 50, 60]
+    assert all(r["bpb"] > 0 and r["tokens_per_s"] > 0 for r in rows if r["kind"] == "train")
+
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000000040", "step-0000000060"]  # keep_last 2
+    assert ckpt.read_progress(run / "best")["step"] == 60
+    model, tokenizer = ckpt.load_model(run)  # what sampling and export load: the best checkpoint
+    assert not model.training and tokenizer.vocab_size == model.cfg.vocab_size
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights(run / "best").items())
+    assert (run / "loss.png").stat().st_size > 0
+    (run / "loss.png").unlink()
+    assert main(["plot", str(run)]) == 0 and (run / "loss.png").is_file()
+
+
+def test_resume_is_bit_exact(char_data, tmp_path):
+    """30 steps straight == 10 steps, a new process state from the checkpoint, then 20 more."""
+    cfg = tiny(train__max_iters=30, train__ckpt_interval=10, train__eval_interval=15, train__grad_accum=2)
+    Trainer(cfg, char_data, tmp_path / "straight").fit()
+
+    resumed_run = tmp_path / "resumed"
+    step10 = ckpt.step_folder(resumed_run, 10)
+    shutil.copytree(ckpt.step_folder(tmp_path / "straight", 10), step10)
+    torch.manual_seed(123)  # whatever state the process is in, the checkpoint's is restored
+    trainer = Trainer(cfg, char_data, resumed_run, resume=step10)
+    assert trainer.step == 10
+    trainer.fit()
+    assert_same_weights(ckpt.step_folder(tmp_path / "straight", 30), ckpt.step_folder(resumed_run, 30))
+
+
+def test_time_budget_becomes_a_saved_step_count(char_data, tmp_path, capsys):
+    trainer = Trainer(
+        tiny(train__max_time="1s", train__eval_interval=1000, train__ckpt_interval=1000), char_data, tmp_path
+    )
+    assert trainer.max_steps is None
+    trainer.fit()
+    assert "time budget 1s: measured speed gives" in capsys.readouterr().out
+    final = ckpt.latest_checkpoint(tmp_path)
+    progress = ckpt.read_progress(final)
+    assert progress["max_steps"] == progress["step"] == trainer.max_steps >= 1
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tmp_path):
+    Trainer(tiny(train__max_iters=10, train__eval_interval=10), char_data, tmp_path / "base").fit()
+    tuned = Trainer(
+        tiny(train__max_iters=5, train__lr=5e-4), char_data, tmp_path / "tuned", init_from=tmp_path / "base" / "best"
+    )
+    assert tuned.step == 0 and not tuned.optimizer.state
+    base = weights(tmp_path / "base" / "best")
+    assert all(torch.equal(tuned.model.state_dict()[k], v) for k, v in base.items())
+    tuned.fit()
+    assert ckpt.read_progress(ckpt.latest_checkpoint(tmp_path / "tuned"))["step"] == 5
+
+    with pytest.raises(TinyGPTError, match="another tokenizer"):
+        Trainer(tiny(), bpe_data, tmp_path / "other", init_from=tmp_path / "base" / "best")
+    with pytest.raises(TinyGPTError, match="model.n_layer 1 -> 2"):
+        Trainer(tiny(model__n_layer=2), char_data, tmp_path / "deeper", init_from=tmp_path / "base")
+
+
+def test_raw_text_is_prepared_into_the_run_folder(text_files, tmp_path):
+    train_txt, _ = text_files
+    run = tmp_path / "run"
+    assert (
+        train(train_txt, run, tokenizer__kind="char", data__workers=1, train__max_iters=3, train__sample_tokens=0) == 0
+    )
+    assert (run / "data" / "manifest.json").is_file()
+    assert ckpt.read_progress(ckpt.latest_checkpoint(run))["data"] == str((run / "data").resolve())
+
+
+def test_resumed_metrics_drop_points_after_the_checkpoint_and_a_cut_line(tmp_path):
+    rows = [{"kind": "train", "step": s, "bpb": 1.0} for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tr')
+    Metrics(tmp_path, resume_step=20).close()
+    assert read_metrics(tmp_path) == rows[:2]
+    Metrics(tmp_path, resume_step=None).close()  # a new run starts afresh
+    assert read_metrics(tmp_path) == []
+
+
+# ---------------------------------------------------------------- real processes: kill -9 and signals
+
+
+def start_training(data, run, **overrides) -> subprocess.Popen:
+    args = ["--data", str(data), "--out", str(run), *cli_args(**overrides)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinygpt", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before {path} appeared:\n{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+def test_kill_minus_9_then_resume_auto_is_bit_exact(char_data, tmp_path, tinygpt_command):
+    budget = {"train__max_iters": 150, "train__ckpt_interval": 10, "train__eval_interval": 50}
+    Trainer(tiny(**budget), char_data, tmp_path / "straight").fit()
+
+    run = tmp_path / "killed"
+    proc = start_training(char_data, run, **budget)
+    wait_for(ckpt.step_folder(run, 10) / ckpt.MARKER, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = ckpt.read_progress(ckpt.latest_checkpoint(run))["step"]
+    assert 10 <= killed_at < 150
+
+    resumed = tinygpt_command.run("train", "--out", run, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {killed_at}" in resumed.stdout
+    assert_same_weights(ckpt.step_folder(tmp_path / "straight", 150), ckpt.step_folder(run, 150))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # points the killed run logged after its checkpoint were dropped, then redone
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(char_data, tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(char_data, run, train__max_iters=100_000, train__ckpt_interval=10)
+    wait_for(ckpt.step_folder(run, 10) / ckpt.MARKER, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = ckpt.latest_checkpoint(run)
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {ckpt.read_progress(stopped)['step']}" in out
+
+
+# ---------------------------------------------------------------- bad input: one line, non-zero, nothing lost
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model__n_head": 3}, "3 heads do not divide n_embd=32"),
+        ({"train__batch_size": 0}, "train.batch_size must be positive"),
+        ({"model__block_size": 70000}, "block_size 70000 needs shards of at least 70001 tokens"),
+        ({"model__vocab_size": 500}, "differs from the data's tokenizer"),
+    ],
+)
+def test_impossible_configs_are_one_line_errors(char_data, tmp_path, capsys, overrides, message):
+    assert train(char_data, tmp_path / "run", **overrides) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_missing_data_and_unwritable_output(char_data, tmp_path, capsys):
+    assert train(tmp_path / "nowhere", tmp_path / "run") != 0
+    assert "nowhere" in last_error_line(capsys.readouterr().err)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert train(char_data, blocker / "run") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt train: error:") and err.count("\n") == 1
+
+
+@pytest.fixture
+def finished_run(char_data, tmp_path):
+    """A run of 10 steps, with its checkpoint at step 10."""
+    run = tmp_path / "run"
+    Trainer(tiny(train__max_iters=10, train__ckpt_interval=10), char_data, run).fit()
+    return run
+
+
+def resume_args(run) -> list[str]:
+    """Continue `run` (its data and config come from the checkpoint) for 10 more steps."""
+    return ["--out", str(run), "--resume", "auto", "--train.max_iters", "20"]
+
+
+def test_resume_refuses_other_data_and_other_architectures(finished_run, bpe_data, char_data, capsys):
+    before = weights(ckpt.latest_checkpoint(finished_run))
+    cases = [
+        (["--data", str(bpe_data)], "another tokenizer"),
+        (["--model.n_layer", "2"], "changes the architecture"),
+    ]
+    for extra, message in cases:
+        assert main(["train", *resume_args(finished_run), *extra]) == 2
+        assert message in last_error_line(capsys.readouterr().err)
+    # starting over in a run folder that holds checkpoints would mix two runs
+    assert train(char_data, finished_run) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert all(torch.equal(before[k], v) for k, v in weights(ckpt.latest_checkpoint(finished_run)).items())
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    huge_lr = {"train__lr": "1e30", "train__min_lr": 0, "train__warmup_iters": 0}
+    assert train(char_data, run, **huge_lr, train__ckpt_interval=1, train__max_iters=20) == 2
+    line = last_error_line(capsys.readouterr().err)
+    assert "the loss is nan at step 2" in line and "lower --train.lr" in line
+    assert line.endswith(str(ckpt.step_folder(run, 1)))
+    assert ckpt.list_checkpoints(run) == [ckpt.step_folder(run, 1)]
+
+
+def test_full_disk_at_checkpoint_time_keeps_the_previous_one(finished_run, tinygpt_command):
+    """A real write failure: a file size limit (setrlimit) makes the next checkpoint's optimizer file too large."""
+    previous = ckpt.latest_checkpoint(finished_run)
+    before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
+    assert len(before["optimizer.safetensors"]) > 100_000 > len(before["model.safetensors"])
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = tinygpt_command.run("train", *resume_args(finished_run), preexec_fn=limit_file_size)
+    assert result.returncode == 1
+    assert "File too large" in last_error_line(result.stderr) and "Traceback" not in result.stderr
+    assert ckpt.list_checkpoints(finished_run) == [previous]
+    assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before
+    assert [p.name for p in (finished_run / "checkpoints").iterdir()] == [previous.name]
