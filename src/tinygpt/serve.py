@@ -1,0 +1,536 @@
+"""`tinygpt serve`: a story playground in the browser and an OpenAI-style HTTP API over one model.
+
+    GET  /                 the playground page (plain HTML/CSS/JS from src/tinygpt/static/)
+    POST /v1/completions   OpenAI's legacy completions, streamed as server-sent events with "stream": true
+    GET  /v1/models        the one model served, with its size and tokenizer
+    GET  /health           liveness, and what the generation queue is doing
+
+The KV cache lives in the model, so a single worker thread generates for one request at a
+time. Requests wait their turn first come, first served; at most `--queue` of them are
+admitted (running or waiting) and the rest get 429. A request holds its place until its
+response ends, however it ends: a client that disconnects gives its place back at once, and
+the worker drops its generation before the next token.
+
+FastAPI is imported only when the app is built, so the rest of tinygpt works without the
+`serve` extra. (For the same reason this module does not use `from __future__ import
+annotations`: FastAPI must see the real classes of the handlers' parameters.)
+"""
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .common import TinyGPTError
+from .generate import Sampler, TextStream, generate_ids
+
+STATIC = Path(__file__).parent / "static"
+MAX_STOPS = 4  # stop strings per request, as OpenAI allows
+
+
+# ---------------------------------------------------------------- requests
+
+
+class ApiError(Exception):
+    """A refused request: its HTTP status and OpenAI's error body, naming the field at fault."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may be admitted: the flags of `tinygpt serve`."""
+
+    max_tokens: int = 1024
+    max_prompt_tokens: int | None = None  # None: the model's context length
+    queue: int = 32
+
+    def __post_init__(self):
+        flags = {"--max-tokens": self.max_tokens, "--max-prompt-tokens": self.max_prompt_tokens, "--queue": self.queue}
+        for flag, value in flags.items():
+            if value is not None and value < 1:
+                raise TinyGPTError(f"{flag} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A valid /v1/completions request, its prompt already encoded."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int | None
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+_JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
+
+
+def _field(body: dict, name: str, json_type: str, default, param: str | None = None):
+    """body[name] if it has the JSON type; absent or null gives the default (as OpenAI treats null)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    is_bool = isinstance(value, bool)  # a bool is an int in Python, never in JSON
+    if is_bool != (json_type == "boolean") or not isinstance(value, _JSON_TYPES[json_type]):
+        raise ApiError(400, f"{param or name} must be a JSON {json_type}, got {json.dumps(value)[:40]}", param or name)
+    if json_type == "number" and not math.isfinite(value):
+        raise ApiError(400, f"{param or name} must be a finite number, got {value}", param or name)
+    return value
+
+
+def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limits) -> Completion:
+    """Check every field of a request body against OpenAI's meaning and this server's limits."""
+    if not raw.strip():
+        raise ApiError(400, 'the request body is empty: send a JSON object such as {"prompt": "Once upon a time"}')
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+
+    model = _field(body, "model", "string", model_name)
+    if model != model_name:
+        raise ApiError(404, f"model {model!r} is not served here; this server has {model_name!r}", "model", code="model_not_found")
+    max_tokens = _field(body, "max_tokens", "integer", 16)
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens} on this server, got {max_tokens}", "max_tokens")
+    temperature = _field(body, "temperature", "number", 1.0)
+    if temperature < 0:
+        raise ApiError(400, f"temperature must be 0 (greedy) or positive, got {temperature}", "temperature")
+    top_p = _field(body, "top_p", "number", 1.0)
+    if not 0 < top_p <= 1:
+        raise ApiError(400, f"top_p must be in (0, 1], got {top_p}", "top_p")
+    top_k = _field(body, "top_k", "integer", None)  # not OpenAI's, but vLLM and llama.cpp take it too
+    if top_k is not None and top_k < 1:
+        raise ApiError(400, f"top_k must be at least 1, got {top_k}", "top_k")
+    seed = _field(body, "seed", "integer", None)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ApiError(400, f"seed must be in [0, 2**63), got {seed}", "seed")
+    stream = _field(body, "stream", "boolean", False)
+    options = _field(body, "stream_options", "object", {})
+    include_usage = _field(options, "include_usage", "boolean", False, "stream_options.include_usage")
+    stop = _stop_strings(body.get("stop"))
+
+    prompt = _field(body, "prompt", "string", "")
+    try:
+        prompt.encode()
+    except UnicodeEncodeError as e:  # JSON can spell half a surrogate pair, which the BPE library cannot encode
+        raise ApiError(400, f"the prompt is not valid Unicode: a lone surrogate at position {e.start}", "prompt") from None
+    try:
+        prompt_ids = sampler.encode(prompt)
+    except TinyGPTError as e:  # a char tokenizer refuses characters it never saw
+        raise ApiError(400, str(e), "prompt") from None
+    max_prompt = limits.max_prompt_tokens or sampler.block_size
+    if len(prompt_ids) > max_prompt:
+        raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; this server takes at most {max_prompt}", "prompt")
+    return Completion(prompt_ids, max_tokens, float(temperature), float(top_p), top_k, seed, stop, stream, include_usage)
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    """OpenAI's `stop`: null, one string, or a list of up to four non-empty strings."""
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise ApiError(400, f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", "stop")
+    return tuple(stops)
+
+
+# ---------------------------------------------------------------- generation (on the worker thread)
+
+
+class StopText:
+    """Cuts generated text at the first stop string, holding back any tail that could begin one.
+
+    Text leaves in pieces and a stop string may arrive split across them, so the tail that
+    might still grow into one waits here until the next piece decides.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.held = ""
+        self.hit = False
+
+    def push(self, piece: str) -> str:
+        """The text that can go out now."""
+        if self.hit or not piece:
+            return ""
+        text = self.held + piece
+        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.hit, self.held = True, ""
+            return text[: min(cuts)]
+        keep = next((k for k in range(len(text), 0, -1) if any(s.startswith(text[-k:]) for s in self.stops)), 0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+class Cancelled(Exception):
+    """The client of the running generation has left: the worker drops it."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # OpenAI's finish_reason: "stop" (end of text or a stop string) or "length"
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+def complete(sampler: Sampler, request: Completion, cancel: threading.Event) -> Iterator[str | Finished]:
+    """Text pieces of the continuation as they become safe to send, then Finished.
+
+    The same loop as Sampler.stream, plus what an API needs: tokens counted, the reason it
+    ended, stop strings, and the cancel flag checked between tokens (raising Cancelled; the
+    KV cache is freed either way).
+    """
+    generator = torch.Generator(device=sampler.device)
+    if request.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(request.seed)
+    idx = torch.tensor([request.prompt_ids], dtype=torch.long, device=sampler.device)
+    text, stops = TextStream(sampler.tokenizer), StopText(request.stop)
+    steps = generate_ids(sampler.model, idx, request.max_tokens, request.temperature, request.top_k, request.top_p, generator)
+    count, reason = 0, "length"
+    with contextlib.closing(steps):
+        for nxt in steps:
+            if cancel.is_set():
+                raise Cancelled
+            count += 1
+            token = int(nxt)
+            if token == sampler.tokenizer.eot_id:
+                reason = "stop"
+                break
+            piece = stops.push(text.push(token))
+            if piece:
+                yield piece
+            if stops.hit:
+                break
+    tail = stops.push(text.flush())
+    tail += "" if stops.hit else stops.flush()
+    if tail:
+        yield tail
+    yield Finished("stop" if stops.hit else reason, count)
+
+
+# ---------------------------------------------------------------- the queue (on the event loop)
+
+
+class Job:
+    """One admitted request: the worker reads it and its cancel flag, and sends events back."""
+
+    def __init__(self, request: Completion):
+        self.request = request
+        self.cancel = threading.Event()
+        self.started = False
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, event: str | Finished | Failed) -> None:
+        """Called on the worker thread: hand an event to the event loop."""
+        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def abandon(self) -> None:
+        """Called on the event loop when the client has left: drop the generation, end the events now."""
+        self.cancel.set()
+        self._events.put_nowait(Failed("the client disconnected"))
+
+    async def events(self) -> AsyncIterator[str | Finished | Failed]:
+        """Text pieces as they are generated, then one Finished or Failed."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if not isinstance(event, str):
+                return
+
+
+class GenerationQueue:
+    """One worker thread generating for one admitted request at a time, in arrival order.
+
+    Admission and release happen on the event loop, so the count needs no lock; only the
+    worker touches the model.
+    """
+
+    def __init__(self, sampler: Sampler, limit: int):
+        self.sampler = sampler
+        self.limit = limit
+        self.jobs: set[Job] = set()  # admitted: running or waiting
+        self.running: Job | None = None
+        self.cancelled = 0  # generations dropped because their client left
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="tinygpt-generate")
+
+    def admit(self, request: Completion) -> Job:
+        if len(self.jobs) >= self.limit:
+            raise ApiError(
+                429, f"the server is busy: {self.limit} generations are running or waiting; try again shortly",
+                kind="rate_limit_error", code="rate_limit_exceeded",
+            )
+        job = Job(request)
+        self.jobs.add(job)
+        self._worker.submit(self._run, job)
+        return job
+
+    def release(self, job: Job) -> None:
+        """Give the job's place back; if it is still running or waiting, the worker drops it. Idempotent."""
+        job.cancel.set()
+        self.jobs.discard(job)
+
+    def status(self) -> dict:
+        waiting = sum(not job.started for job in self.jobs)
+        return {"running": int(self.running is not None), "waiting": waiting, "limit": self.limit, "cancelled": self.cancelled}
+
+    def close(self) -> None:
+        """Drop every generation and wait for the worker (it stops before its next token)."""
+        for job in list(self.jobs):
+            self.release(job)
+        self._worker.shutdown(wait=True)
+
+    def _run(self, job: Job) -> None:
+        """The worker thread, once per admitted job, in admission order."""
+        if job.cancel.is_set():  # its client left while it waited
+            self.cancelled += 1
+            return
+        job.started, self.running = True, job
+        try:
+            for event in complete(self.sampler, job.request, job.cancel):
+                job.send(event)
+        except Cancelled:
+            self.cancelled += 1
+        except Exception as e:  # noqa: BLE001 (a bug or an exhausted device fails this request, never the worker)
+            job.send(Failed(f"generation failed: {type(e).__name__}: {e}"))
+        finally:
+            self.running = None
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _choice(head: dict, text: str, finish_reason: str | None) -> dict:
+    return {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def _usage(request: Completion, finished: Finished) -> dict:
+    prompt = len(request.prompt_ids)
+    completion = finished.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(obj) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _server_error(failed: Failed) -> dict:
+    return {"error": {"message": failed.message, "type": "server_error", "param": None, "code": None}}
+
+
+async def event_stream(queue: GenerationQueue, job: Job, head: dict) -> AsyncIterator[str]:
+    """OpenAI's completion chunks as server-sent events, ending with `data: [DONE]`.
+
+    The `finally` runs however the response ends: Starlette cancels this generator when the
+    client disconnects, which frees the job's place at once.
+    """
+    try:
+        async for event in job.events():
+            if isinstance(event, str):
+                yield _sse(_choice(head, event, None))
+            elif isinstance(event, Failed):
+                yield _sse(_server_error(event))
+            else:
+                yield _sse(_choice(head, "", event.reason))
+                if job.request.include_usage:
+                    yield _sse({**head, "choices": [], "usage": _usage(job.request, event)})
+        yield _sse("[DONE]")
+    finally:
+        queue.release(job)
+
+
+def model_card(sampler: Sampler, name: str, limits: Limits) -> dict:
+    """/v1/models' entry: OpenAI's fields, plus what the playground shows under "tinygpt"."""
+    cfg, tokenizer = sampler.model.cfg, sampler.tokenizer
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "tinygpt",
+        "tinygpt": {
+            "parameters": sampler.model.num_params(),
+            "family": cfg.family,
+            "context_length": cfg.block_size,
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "device": sampler.device,
+            "max_tokens": limits.max_tokens,
+            "max_prompt_tokens": limits.max_prompt_tokens or cfg.block_size,
+        },
+    }
+
+
+def create_app(sampler: Sampler, name: str, limits: Limits = Limits()):
+    """The FastAPI app serving `sampler` under the model id `name`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException
+
+    queue = GenerationQueue(sampler, limits.queue)
+    card = model_card(sampler, name, limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        queue.close()
+
+    # No /docs pages: they load their scripts from a CDN, and nothing here may reach the internet.
+    app = FastAPI(title="tinygpt", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # unknown paths and methods, in OpenAI's shape too
+        return JSONResponse(ApiError(e.status_code, str(e.detail)).body, status_code=e.status_code, headers=e.headers)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, **queue.status()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        completion = parse_completion(await request.body(), sampler, name, limits)
+        job = queue.admit(completion)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": name}
+        if completion.stream:
+            events = event_stream(queue, job, head)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        watcher = asyncio.create_task(_abandon_on_disconnect(request, job))
+        try:
+            pieces = [event async for event in job.events()]
+        finally:
+            watcher.cancel()
+            queue.release(job)
+        *texts, last = pieces
+        if isinstance(last, Failed):
+            return JSONResponse(_server_error(last), status_code=500)
+        return {**_choice(head, "".join(texts), last.reason), "usage": _usage(completion, last)}
+
+    return app
+
+
+async def _abandon_on_disconnect(request, job: Job) -> None:
+    """Free a job whose client left while waiting for its whole completion.
+
+    Streamed responses need no such watch: Starlette already listens for the disconnect.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.abandon()
+
+
+# ---------------------------------------------------------------- `tinygpt serve`
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve a trained model on this machine: a story playground at / and an OpenAI-style API\n"
+        "(POST /v1/completions, streamed with \"stream\": true; GET /v1/models; GET /health).\n\n"
+        "One generation runs at a time; up to --queue requests wait their turn, first come first\n"
+        "served, and more get HTTP 429. A client that disconnects frees its place at once.\n\n"
+        "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+        "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 100, \"temperature\": 0.8}'"
+    )
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a training run folder (uses best/, else the newest checkpoint) or one checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to your network)")
+    p.add_argument("--port", type=int, default=8000, metavar="PORT", help="port to listen on (default: 8000; 0 picks a free one)")
+    p.add_argument("--name", metavar="NAME", help="the model id clients see and send (default: the run folder's name)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 or mps")
+    p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, metavar="N", help=f"most tokens one request may generate (default: {Limits.max_tokens})")
+    p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt accepted, in tokens (default: the model's context length)")
+    p.add_argument("--queue", type=int, default=Limits.queue, metavar="N", help=f"requests running or waiting before new ones get 429 (default: {Limits.queue})")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.overrides:
+        raise TinyGPTError(f"serve takes no config overrides (got {', '.join('--' + k for k in args.overrides)})")
+    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.queue)
+    if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
+        raise TinyGPTError("serve needs FastAPI and uvicorn: pip install 'tinygpt[serve]'")
+    import uvicorn
+
+    with _listen(args.host, args.port) as sock:  # before loading: a busy port fails at once, not after the model loads
+        sampler = Sampler.from_path(args.path, args.device)
+        name = args.name or default_name(args.path)
+        app = create_app(sampler, name, limits)
+        host, port = sock.getsockname()[:2]
+        params = sampler.model.num_params() / 1e6
+        print(f"tinygpt serve: {name} ({params:.2f}M parameters, {sampler.tokenizer.kind} tokenizer) on {sampler.device}")
+        print(f"  http://{f'[{host}]' if ':' in host else host}:{port}/   (Ctrl-C to stop)", flush=True)
+        # A graceful shutdown waits for open connections; a stream left open by a browser tab would hold it forever.
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)).run(sockets=[sock])
+    return 0
+
+
+def default_name(path: str | Path) -> str:
+    """The run folder's name, plus the checkpoint's when one inside a run was given: 'stories', 'stories/best'."""
+    path = Path(path).resolve()
+    if path.name == "best":
+        return f"{path.parent.name}/{path.name}"
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise TinyGPTError(f"--port must be in [0, 65535], got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+        # proto must say TCP: asyncio turns off Nagle's algorithm only on sockets that do, and with it
+        # on, each small response waited ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once on the same port
+        sock.bind(address)
+        sock.listen()  # from now on a client can connect (it waits for the model to load): the printed URL works at once
+    except OSError as e:
+        raise TinyGPTError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock

@@ -1,0 +1,322 @@
+"""The HTTP API of `tinygpt serve`, in process: response shapes, streaming, sampling parity
+with Sampler, every refused request, the queue limit and what a disconnect frees."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+import httpx  # after the skip: httpx and uvicorn come with the serve and dev extras
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+
+from tinygpt import serve
+from tinygpt.config import ModelConfig
+from tinygpt.generate import Sampler
+from tinygpt.model import GPT
+from tinygpt.serve import Limits, StopText, create_app, default_name
+from tinygpt.tokenizers import train_tokenizer
+
+CORPUS = ["Once upon a time, a little fox found a red ball.", "The cat sat on the warm mat. They played all day!"]
+NAME = "tiny-test"
+
+
+@pytest.fixture(scope="module")
+def sampler() -> Sampler:
+    """A random char-level model that never ends a story by itself (see `ending`)."""
+    tokenizer = train_tokenizer("char", CORPUS, 0)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, bias_head=True)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eot_id] = -1e4
+    return Sampler(model, tokenizer)
+
+
+@contextlib.contextmanager
+def ending(sampler: Sampler):
+    """Make <|endoftext|> the only likely token for a while."""
+    bias = sampler.model.lm_head.bias
+    with torch.no_grad():
+        bias[sampler.tokenizer.eot_id] = 1e4
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            bias[sampler.tokenizer.eot_id] = -1e4
+
+
+@pytest.fixture(scope="module")
+def client(sampler):
+    with TestClient(create_app(sampler, NAME, Limits(max_tokens=64, max_prompt_tokens=40))) as c:
+        yield c
+
+
+@pytest.fixture
+def slow(monkeypatch):
+    """Generation at 100 tokens/s at most, so that a test can act while it runs."""
+    real = serve.generate_ids
+
+    def slow_generate_ids(*args, **kwargs):
+        for ids in real(*args, **kwargs):
+            time.sleep(0.01)
+            yield ids
+
+    monkeypatch.setattr(serve, "generate_ids", slow_generate_ids)
+
+
+def complete(client, **body) -> dict:
+    response = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 12, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def events(text: str) -> list:
+    """The `data:` payloads of a server-sent event stream, JSON-decoded except [DONE]."""
+    blocks = [b for b in text.split("\n\n") if b]
+    assert all(b.startswith("data: ") for b in blocks), text
+    return [b[6:] if b[6:] == "[DONE]" else json.loads(b[6:]) for b in blocks]
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def test_health_and_models(client, sampler):
+    assert client.get("/health").json() == {"status": "ok", "model": NAME, "running": 0, "waiting": 0, "limit": 32, "cancelled": 0}
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list"
+    (card,) = models["data"]
+    assert card["id"] == NAME and card["object"] == "model" and card["owned_by"] == "tinygpt"
+    assert card["tinygpt"]["parameters"] == sampler.model.num_params()
+    assert card["tinygpt"]["tokenizer"] == "char" and card["tinygpt"]["max_tokens"] == 64
+
+
+def test_page_is_self_contained(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert len(assets) == 2
+    for text in [page.text] + [client.get(a).text for a in assets]:
+        assert not re.search(r"(src|href)=\"(https?:)?//|url\(\s*['\"]?(https?:)?//|@import", text), "fetches from the internet"
+
+
+def test_completion_shape(client):
+    body = complete(client, seed=1)
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage"}
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion" and body["model"] == NAME
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["logprobs"] is None and choice["finish_reason"] == "length"
+    assert choice["text"]
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 12, "total_tokens": 16}
+
+
+def test_stream_events_match_the_whole_response(client):
+    whole = complete(client, seed=3, max_tokens=20)
+    response = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 20, "seed": 3, "stream": True})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    *chunks, done = events(response.text)
+    assert done == "[DONE]"
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert len(chunks) > 10, "text arrives piece by piece"
+
+    with_usage = client.post("/v1/completions", json={"max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}})
+    usage = events(with_usage.text)[-2]
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+
+
+def test_same_seed_same_text_and_parity_with_sampler(client, sampler):
+    texts = [complete(client, seed=s, max_tokens=30)["choices"][0]["text"] for s in (7, 7, 8)]
+    assert texts[0] == texts[1] != texts[2]
+    assert texts[0] == sampler.generate("Once", max_new_tokens=30, temperature=1.0, seed=7)
+    nucleus = complete(client, seed=7, max_tokens=30, temperature=0.7, top_p=0.5, top_k=5)["choices"][0]["text"]
+    assert nucleus == sampler.generate("Once", max_new_tokens=30, temperature=0.7, top_p=0.5, top_k=5, seed=7)
+
+
+def test_temperature_zero_is_greedy(client, sampler):
+    texts = {complete(client, temperature=0, seed=s, max_tokens=30)["choices"][0]["text"] for s in (1, 2)}
+    assert texts == {sampler.generate("Once", max_new_tokens=30, temperature=0)}
+
+
+def test_end_of_text_finishes_with_stop(client, sampler):
+    with ending(sampler):
+        body = complete(client, max_tokens=10)
+    assert body["choices"] == [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]
+    assert body["usage"]["completion_tokens"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_strings_cut_the_text(client, stream):
+    greedy = complete(client, temperature=0, max_tokens=40)["choices"][0]["text"]
+    stop = greedy[10:13]
+    expected = greedy[: greedy.find(stop)]
+    response = client.post(
+        "/v1/completions",
+        json={"prompt": "Once", "max_tokens": 40, "temperature": 0, "stop": ["never here", stop], "stream": stream},
+    )
+    if stream:
+        chunks = events(response.text)[:-1]
+        text, finish = "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        text, finish = response.json()["choices"][0]["text"], response.json()["choices"][0]["finish_reason"]
+    assert (text, finish) == (expected, "stop")
+
+
+def test_stop_text_holds_back_a_possible_stop_string():
+    stops = StopText(("</s>", "THE END"))
+    assert [stops.push(p) for p in ("ab", "c<", "/", "x", "THE", " E")] == ["ab", "c", "", "</x", "", ""]
+    assert stops.flush() == "THE E" and not stops.hit
+    stops = StopText(("</s>",))
+    assert [stops.push(p) for p in ("a</", "s>b", "c")] == ["a", "", ""] and stops.hit
+
+
+# ---------------------------------------------------------------- refused requests
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"", 400, None),
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        ({"prompt": 5}, 400, "prompt"),
+        ({"max_tokens": "5"}, 400, "max_tokens"),
+        ({"max_tokens": 2.5}, 400, "max_tokens"),
+        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"max_tokens": 65}, 400, "max_tokens"),
+        ({"temperature": "hot"}, 400, "temperature"),
+        ({"temperature": -0.5}, 400, "temperature"),
+        (b'{"temperature": NaN}', 400, "temperature"),
+        ({"top_p": 0}, 400, "top_p"),
+        ({"top_p": 1.5}, 400, "top_p"),
+        ({"top_p": True}, 400, "top_p"),
+        ({"top_k": 0}, 400, "top_k"),
+        ({"seed": -1}, 400, "seed"),
+        ({"stream": "yes"}, 400, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, 400, "stream_options.include_usage"),
+        ({"stop": ""}, 400, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"stop": [1]}, 400, "stop"),
+        ({"model": "gpt-4"}, 404, "model"),
+        ({"prompt": "Once upon a snowman ☃"}, 400, "prompt"),  # the char tokenizer never saw ☃
+        ({"prompt": "a" * 41}, 400, "prompt"),
+        (b'{"prompt": "Once \\ud800"}', 400, "prompt"),  # half a surrogate pair: byte-level BPE would raise TypeError
+    ],
+)
+def test_bad_requests_name_the_field(client, body, status, param):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = client.post("/v1/completions", **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+    if param:
+        assert param.split(".")[-1] in error["message"] or param == "prompt"
+
+
+def test_unknown_paths_and_methods_get_json_errors(client):
+    for response in (client.get("/v1/nothing"), client.get("/v1/completions")):
+        assert response.status_code in (404, 405) and response.json()["error"]["message"]
+
+
+def test_a_failing_generation_is_an_error_not_a_stuck_worker(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+        yield
+
+    monkeypatch.setattr(serve, "generate_ids", broken)
+    response = client.post("/v1/completions", json={"prompt": "Once"})
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    streamed = events(client.post("/v1/completions", json={"stream": True}).text)
+    assert "out of memory" in streamed[0]["error"]["message"] and streamed[-1] == "[DONE]"
+    monkeypatch.undo()
+    assert complete(client)["usage"]["completion_tokens"] == 12
+
+
+# ---------------------------------------------------------------- the queue
+
+
+def test_queue_limit_and_disconnect_frees_the_place(sampler, slow):
+    with TestClient(create_app(sampler, NAME, Limits(max_tokens=1000, queue=2))) as client:
+        request = {"prompt": "Once", "max_tokens": 1000, "stream": True}
+        with client.stream("POST", "/v1/completions", json=request) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator would close the response
+            next(lines)  # generating
+            with client.stream("POST", "/v1/completions", json=request) as second:
+                assert second.status_code == 200  # admitted, waiting for the worker
+                assert client.get("/health").json() == {"status": "ok", "model": NAME, "running": 1, "waiting": 1, "limit": 2, "cancelled": 0}
+                refused = client.post("/v1/completions", json={"prompt": "Once"})
+                assert refused.status_code == 429
+                assert refused.json()["error"]["type"] == "rate_limit_error"
+                first.close()  # the first client leaves mid-stream: its generation stops, the second's starts
+                second_runs = {"status": "ok", "model": NAME, "running": 1, "waiting": 0, "limit": 2, "cancelled": 1}
+                wait_for(lambda: client.get("/health").json() == second_runs)
+                with client.stream("POST", "/v1/completions", json=request) as third:
+                    assert third.status_code == 200  # the first one's place
+        wait_for(lambda: client.get("/health").json() | {"cancelled": 0} == {"status": "ok", "model": NAME, "running": 0, "waiting": 0, "limit": 2, "cancelled": 0})
+
+
+@pytest.fixture
+def live_server(sampler, slow):
+    """The app behind a real uvicorn on a free port, in a thread: disconnects are real TCP closes."""
+    sock = serve._listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(sampler, NAME, Limits(max_tokens=1000)), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    yield sock.getsockname()
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_cancels_the_generation(live_server, stream):
+    host, port = live_server
+    body = json.dumps({"prompt": "Once", "max_tokens": 1000, "stream": stream}).encode()
+    with httpx.Client(base_url=f"http://{host}:{port}") as http:
+        with socket.create_connection((host, port)) as conn:
+            conn.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            wait_for(lambda: http.get("/health").json()["running"] == 1)
+            received = b""
+            while stream and b"data: " not in received:
+                received += conn.recv(4096)
+        started = time.monotonic()
+        idle = {"status": "ok", "model": NAME, "running": 0, "waiting": 0, "limit": 32, "cancelled": 1}
+        wait_for(lambda: http.get("/health").json() == idle)
+        assert time.monotonic() - started < 5, "1000 tokens take 10 s or more: the generation was dropped, not finished"
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [("runs/stories", "stories"), ("runs/stories/best", "stories/best"), ("runs/stories/checkpoints/step-0000000100", "stories/step-0000000100")],
+)
+def test_default_model_name(path, name):
+    assert default_name(path) == name
+
+
+def test_flags_are_checked():
+    with pytest.raises(serve.TinyGPTError, match="--queue"):
+        Limits(queue=0)
+    with pytest.raises(serve.TinyGPTError, match="--port"):
+        serve._listen("127.0.0.1", 70000)
