@@ -1,0 +1,295 @@
+"""Tests for tinygpt.generate: the KV cache changes speed, never tokens; seeds reproduce;
+streamed text never splits a character; `tinygpt sample` streams, pipes and fails in one line.
+
+Models are tiny and random, tokenizers trained here on a slice of the TinyStories sample.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tinygpt.checkpoint import MARKER, STATE, save_checkpoint, step_folder
+from tinygpt.cli import main
+from tinygpt.common import TinyGPTError
+from tinygpt.config import Config, ModelConfig, dump_toml
+from tinygpt.generate import Sampler, TextStream, context_keep, generate_ids, sample_next
+from tinygpt.model import GPT
+from tinygpt.tokenizers import train_tokenizer
+
+FAMILIES = ["gpt2", "llama"]
+BLOCK = 32
+UNICODE_TEXT = "Lily saw a 🐶 and said “¡Olé!” — the café’s crème brûlée 😀👍🏽 was naïve."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls are fastest on one thread; more only contend for the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stories(text_files) -> list[str]:
+    text = text_files[0].read_text(encoding="utf-8")[:100_000]
+    return [s.strip() for s in text.split("<|endoftext|>") if s.strip()]
+
+
+@pytest.fixture(scope="module")
+def bpe(stories):
+    return train_tokenizer("bpe", stories, 300)
+
+
+def random_model(family: str, vocab_size: int, **overrides) -> GPT:
+    """A random model whose matrices are drawn wide (std 0.5): greedy text then varies from
+    token to token, where a freshly initialised model repeats one token and would make every
+    comparison below trivially true."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(family, vocab_size, BLOCK, n_layer=2, n_head=2, n_embd=32, **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    return [int(t) for t in generate_ids(model, torch.tensor([prompt]), n, temperature=0)]
+
+
+@torch.no_grad()
+def greedy_reference(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding without a cache: the whole visible window runs again at every step.
+
+    The window is what generate_ids promises the model sees: it grows to block_size tokens,
+    then restarts from the last context_keep(block_size) tokens.
+    """
+    seq, start = list(prompt[-BLOCK:]), 0
+    for _ in range(n):
+        logits, _ = model(torch.tensor([seq[start:]]))
+        seq.append(int(logits[0, -1].argmax()))
+        if len(seq) - start > BLOCK:
+            start = len(seq) - context_keep(BLOCK)
+    return seq[len(prompt[-BLOCK:]) :]
+
+
+# ---------------------------------------------------------------- token ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_greedy_equals_recomputing_within_the_context(family):
+    model = random_model(family, 300)
+    prompt = [5, 17, 42]
+    ours = greedy(model, prompt, BLOCK - len(prompt))
+    assert ours == greedy_reference(model, prompt, BLOCK - len(prompt))
+    assert len(set(ours)) > 5  # the comparison is not between two runs of one repeated token
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_past_the_context_rebuilds_from_the_tail(family):
+    model = random_model(family, 300)
+    long_prompt = list(range(1, 2 * BLOCK))  # longer than the context: only its tail is seen
+    for prompt in ([7], long_prompt):
+        assert greedy(model, prompt, 3 * BLOCK) == greedy_reference(model, prompt, 3 * BLOCK)
+    assert model.cache_size is None  # the cache is freed when generation ends
+
+
+def test_closing_early_frees_the_cache_and_restores_train_mode():
+    model = random_model("gpt2", 300).train()
+    steps = generate_ids(model, torch.tensor([[1, 2]]), 100)
+    next(steps)
+    assert not model.training and model.cache_size is not None
+    steps.close()
+    assert model.training and model.cache_size is None
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy():
+    model = random_model("llama", 300)
+    expected = greedy(model, [3], 50)
+    for options in ({"top_k": 1}, {"top_p": 1e-6}):
+        g = torch.Generator().manual_seed(0)
+        ids = generate_ids(model, torch.tensor([[3]]), 50, temperature=1.5, generator=g, **options)
+        assert [int(t) for t in ids] == expected, options
+
+
+def test_sampling_follows_the_distribution_and_its_filters():
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    logits = probs.log().expand(40_000, 4)
+    g = torch.Generator().manual_seed(0)
+
+    def frequencies(**options) -> torch.Tensor:
+        ids = sample_next(logits, temperature=1.0, generator=g, **options)
+        return torch.bincount(ids.view(-1), minlength=4) / len(ids)
+
+    torch.testing.assert_close(frequencies(), probs, atol=0.01, rtol=0)
+    torch.testing.assert_close(frequencies(top_k=2), torch.tensor([4 / 7, 3 / 7, 0, 0]), atol=0.01, rtol=0)
+    # top_p 0.5: token 0 (0.4) does not reach it alone, tokens 0 and 1 (0.7) do
+    torch.testing.assert_close(frequencies(top_p=0.5), torch.tensor([4 / 7, 3 / 7, 0, 0]), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options, flag",
+    [
+        ({"max_new_tokens": 0}, "--max-new-tokens"),
+        ({"temperature": -0.1}, "--temperature"),
+        ({"temperature": float("nan")}, "--temperature"),
+        ({"top_k": 0}, "--top-k"),
+        ({"top_p": 0.0}, "--top-p"),
+        ({"top_p": 1.5}, "--top-p"),
+    ],
+)
+def test_impossible_sampling_values_are_refused(options, flag):
+    model = random_model("gpt2", 300)
+    with pytest.raises(TinyGPTError, match=flag):
+        next(generate_ids(model, torch.tensor([[1]]), **{"max_new_tokens": 5, **options}))
+
+
+# ---------------------------------------------------------------- text
+
+
+@pytest.mark.parametrize("kind, vocab_size", [("bpe", 300), ("sentencepiece", 400), ("char", 0)])
+def test_streamed_pieces_never_split_a_character(stories, kind, vocab_size):
+    # char must see the characters to have ids for them; the byte-level kinds must not, so that they split them
+    tokenizer = train_tokenizer(kind, [*stories, UNICODE_TEXT] if kind == "char" else stories, vocab_size)
+    ids = tokenizer.encode(UNICODE_TEXT)
+    assert kind == "char" or any("\ufffd" in tokenizer.decode([i]) for i in ids)
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert not any("\ufffd" in p for p in pieces)
+    assert "".join(pieces) == UNICODE_TEXT
+
+
+def test_seeded_sampling_is_reproducible(bpe):
+    sampler = Sampler(random_model("gpt2", bpe.vocab_size), bpe)
+    options = {"max_new_tokens": 80, "temperature": 1.0, "top_k": 50, "stop_at_eot": False}
+    first = sampler.generate("Once upon a time", seed=7, **options)
+    assert sampler.generate("Once upon a time", seed=7, **options) == first
+    assert sampler.generate("Once upon a time", seed=8, **options) != first
+    assert "".join(sampler.stream("Once upon a time", seed=7, **options)) == first
+
+
+def test_end_of_text_stops_unless_told_otherwise(bpe):
+    model = random_model("gpt2", bpe.vocab_size, bias_head=True)
+    with torch.no_grad():
+        model.lm_head.bias[bpe.eot_id] = 1e4  # the model can only say <|endoftext|>
+    sampler = Sampler(model, bpe)
+    assert sampler.generate("The end.", max_new_tokens=5) == ""
+    assert sampler.generate("The end.", max_new_tokens=2, stop_at_eot=False) == "<|endoftext|>\n" * 2
+
+
+# ---------------------------------------------------------------- `tinygpt sample`
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, bpe, stories):
+    """A run folder holding one complete checkpoint of a random gpt2 model, and a char-tokenizer one."""
+    root = tmp_path_factory.mktemp("sample")
+    for name, tokenizer in (("run", bpe), ("char-run", train_tokenizer("char", stories, 0))):
+        model = random_model("gpt2", tokenizer.vocab_size)
+        tokenizer.save(root / name / "tokenizer-src")
+        config = dump_toml(Config(model=model.cfg))
+        state = {"model": model.state_dict(), "progress": {"step": 10}}
+        save_checkpoint(step_folder(root / name, 10), state, config, root / name / "tokenizer-src")
+    return root / "run"
+
+
+@pytest.fixture
+def stdin(monkeypatch):
+    """Standard input as a pipe holding the given text (pytest's own refuses to be read)."""
+
+    def pipe(text: str) -> None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+
+    pipe("")
+    return pipe
+
+
+def sample(capsys, *args) -> tuple[int, str, str]:
+    """`tinygpt sample ...` in this process: exit status, stdout, stderr."""
+    code = main(["sample", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_prompt_then_reproducible_continuation(run_dir, capsys, stdin):
+    def run(seed: int, *more) -> str:
+        code, out, err = sample(capsys, run_dir, "-p", "Once upon a time", "-n", 40, "--seed", seed, "--no-stop", *more)
+        assert code == 0 and err == ""
+        return out
+
+    out = run(3)
+    assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 10
+    assert run(3) == out
+    assert run(3, "--num-samples", 2).split("---\n") == [out, run(4)]
+
+
+def test_cli_reads_the_prompt_from_standard_input(run_dir, capsys, stdin):
+    stdin("Tom and Sue\n")
+    code, out, _ = sample(capsys, str(run_dir), "-n", "5", "--seed", "1", "--no-stop")
+    assert code == 0 and out.startswith("Tom and Sue") and not out.startswith("Tom and Sue\n")
+
+
+def test_cli_keeps_the_tail_of_a_long_prompt_with_a_warning(run_dir, capsys, stdin):
+    code, out, err = sample(capsys, str(run_dir), "--prompt", "Once upon a time " * 20, "-n", "5", "--no-stop")
+    assert code == 0 and out.startswith("Once upon a time")
+    assert err.count("\n") == 1 and "warning" in err and f"last {BLOCK}" in err
+
+
+def _broken_checkpoint(run_dir, tmp_path, damage: str):
+    folder = tmp_path / "step-0000000010"
+    shutil.copytree(step_folder(run_dir, 10), folder)
+    if damage == "incomplete":
+        (folder / MARKER).unlink()
+    else:
+        state = json.loads((folder / STATE).read_text())
+        (folder / STATE).write_text(json.dumps({**state, "format_version": 999}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda run, tmp: [run, "--temperature", "-1"], "--temperature"),
+        (lambda run, tmp: [run, "--top-p", "0"], "--top-p"),
+        (lambda run, tmp: [run, "--top-k", "0"], "--top-k"),
+        (lambda run, tmp: [run, "--max-new-tokens", "0"], "--max-new-tokens"),
+        (lambda run, tmp: [run, "--num-samples", "0"], "--num-samples"),
+        (lambda run, tmp: [run, "--threads", "-1"], "--threads"),
+        (lambda run, tmp: [run, "--device", "tpu"], "device"),
+        (lambda run, tmp: [tmp / "nowhere"], "no checkpoint"),
+        (lambda run, tmp: [_broken_checkpoint(run, tmp, "incomplete")], "incomplete"),
+        (lambda run, tmp: [_broken_checkpoint(run, tmp, "version")], "format"),
+        (lambda run, tmp: [run.parent / "char-run", "--prompt", "Lily 🐉"], "U+1F409"),
+    ],
+)
+def test_cli_bad_input_is_a_one_line_error(run_dir, tmp_path, capsys, stdin, make_args, message):
+    code, out, err = sample(capsys, *make_args(run_dir, tmp_path))
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_cli_streams_through_a_pipe_and_stops_quietly_when_it_closes(run_dir):
+    """The first bytes arrive while generation is still running; closing the pipe early
+    (as `| head -c 10` does) ends the command with status 0 and nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinygpt", "sample", str(run_dir), "-n", "1000000", "--no-stop"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first = proc.stdout.read(10)
+        assert len(first) == 10 and proc.poll() is None
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
