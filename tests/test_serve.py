@@ -18,7 +18,7 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
-from tinygpt import serve
+from tinygpt import generate, serve
 from tinygpt.config import ModelConfig
 from tinygpt.generate import Sampler
 from tinygpt.model import GPT
@@ -63,14 +63,14 @@ def client(sampler):
 @pytest.fixture
 def slow(monkeypatch):
     """Generation at 100 tokens/s at most, so that a test can act while it runs."""
-    real = serve.generate_ids
+    real = generate.generate_ids
 
     def slow_generate_ids(*args, **kwargs):
         for ids in real(*args, **kwargs):
             time.sleep(0.01)
             yield ids
 
-    monkeypatch.setattr(serve, "generate_ids", slow_generate_ids)
+    monkeypatch.setattr(generate, "generate_ids", slow_generate_ids)
 
 
 def complete(client, **body) -> dict:
@@ -239,7 +239,7 @@ def test_a_failing_generation_is_an_error_not_a_stuck_worker(client, monkeypatch
         raise RuntimeError("out of memory")
         yield
 
-    monkeypatch.setattr(serve, "generate_ids", broken)
+    monkeypatch.setattr(generate, "generate_ids", broken)
     response = client.post("/v1/completions", json={"prompt": "Once"})
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     streamed = events(client.post("/v1/completions", json={"stream": True}).text)

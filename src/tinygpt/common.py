@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def autodetect_device(requested: str = "auto") -> str:
     import torch
 
     if requested != "auto":
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", requested):
+            raise TinyGPTError(f"unknown device {requested!r} (use auto, cpu, cuda, cuda:N or mps)")
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise TinyGPTError(f"device {requested!r} requested but CUDA is not available")
         if requested == "mps" and not torch.backends.mps.is_available():

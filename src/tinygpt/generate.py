@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,11 +186,7 @@ class Sampler:
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto") -> Sampler:
         """Load a run folder (its best/ checkpoint, else its newest complete one) or one checkpoint folder."""
-        device = autodetect_device(device)
-        try:
-            torch.device(device)  # a misspelt device fails before the weights are read
-        except RuntimeError:
-            raise TinyGPTError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+        device = autodetect_device(device)  # a misspelt device fails before the weights are read
         return cls(*load_model(path), device)
 
     @property
@@ -217,21 +212,38 @@ class Sampler:
         The same seed on the same device gives the same text; no seed draws a fresh one.
         stop_at_eot: end at <|endoftext|> (not yielded); otherwise it appears as its separator line.
         """
-        idx = torch.tensor([self.encode(prompt)], dtype=torch.long, device=self.device)
+        steps = self.steps(self.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed, stop_at_eot)
+        for _, piece in steps:
+            if piece:
+                yield piece
+
+    def steps(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        stop_at_eot: bool,
+    ) -> Iterator[tuple[int | None, str]]:
+        """Each sampled token with the text it completes ("" while a character is still partial),
+        then (None, text held back) at the end: for callers that count tokens or stop early.
+
+        With stop_at_eot, <|endoftext|> is the last token yielded, with no text.
+        """
+        idx = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         text = TextStream(self.tokenizer)
         generator = seeded_generator(self.device, seed)
-        steps = generate_ids(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator)
-        with contextlib.closing(steps):
-            for nxt in steps:
+        ids = generate_ids(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator)
+        with contextlib.closing(ids):
+            for nxt in ids:
                 token = int(nxt)
                 if stop_at_eot and token == self.tokenizer.eot_id:
+                    yield token, ""
                     break
-                piece = text.push(token)
-                if piece:
-                    yield piece
-        piece = text.flush()
-        if piece:
-            yield piece
+                yield token, text.push(token)
+        yield None, text.flush()
 
     def generate(self, prompt: str = "", **kwargs) -> str:
         """The whole continuation as one string; takes the keyword arguments of `stream`."""
@@ -296,26 +308,21 @@ def run_sample(args: argparse.Namespace) -> int:
     if n_prompt > sampler.block_size:
         warning = f"the prompt is {n_prompt} tokens; the model sees only its last {sampler.block_size}"
         print(f"tinygpt sample: warning: {warning}", file=sys.stderr)
-    try:
-        for i in range(args.num_samples):
-            if i:
-                _write("---\n")
-            _write(prompt)
-            for piece in sampler.stream(
-                prompt,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                seed=None if args.seed is None else args.seed + i,
-                stop_at_eot=args.stop_at_eot,
-            ):
-                _write(piece)
-            _write("\n")
-    except BrokenPipeError:
-        # The reader left (`| head`): point stdout at /dev/null so the exit-time flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise
+    for i in range(args.num_samples):
+        if i:
+            _write("---\n")
+        _write(prompt)
+        for piece in sampler.stream(
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=None if args.seed is None else args.seed + i,
+            stop_at_eot=args.stop_at_eot,
+        ):
+            _write(piece)
+        _write("\n")
     return 0
 
 

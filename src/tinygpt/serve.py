@@ -31,10 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .common import TinyGPTError
-from .generate import Sampler, TextStream, generate_ids
+from .generate import Sampler
 
 STATIC = Path(__file__).parent / "static"
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
@@ -210,35 +208,27 @@ class Failed:
 def complete(sampler: Sampler, request: Completion, cancel: threading.Event) -> Iterator[str | Finished]:
     """Text pieces of the continuation as they become safe to send, then Finished.
 
-    The same loop as Sampler.stream, plus what an API needs: tokens counted, the reason it
-    ended, stop strings, and the cancel flag checked between tokens (raising Cancelled; the
-    KV cache is freed either way).
+    Sampler.steps plus what an API needs: tokens counted, the reason it ended, stop strings,
+    and the cancel flag checked between tokens (raising Cancelled; the KV cache is freed either way).
     """
-    generator = torch.Generator(device=sampler.device)
-    if request.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(request.seed)
-    idx = torch.tensor([request.prompt_ids], dtype=torch.long, device=sampler.device)
-    text, stops = TextStream(sampler.tokenizer), StopText(request.stop)
-    steps = generate_ids(sampler.model, idx, request.max_tokens, request.temperature, request.top_k, request.top_p, generator)
+    stops = StopText(request.stop)
+    steps = sampler.steps(
+        request.prompt_ids, request.max_tokens, request.temperature, request.top_k, request.top_p, request.seed, True
+    )
     count, reason = 0, "length"
     with contextlib.closing(steps):
-        for nxt in steps:
+        for token, piece in steps:
             if cancel.is_set():
                 raise Cancelled
-            count += 1
-            token = int(nxt)
-            if token == sampler.tokenizer.eot_id:
-                reason = "stop"
-                break
-            piece = stops.push(text.push(token))
+            if token is not None:
+                count += 1
+                reason = "stop" if token == sampler.tokenizer.eot_id else reason
+            piece = stops.push(piece)
             if piece:
                 yield piece
             if stops.hit:
                 break
-    tail = stops.push(text.flush())
-    tail += "" if stops.hit else stops.flush()
+    tail = "" if stops.hit else stops.flush()
     if tail:
         yield tail
     yield Finished("stop" if stops.hit else reason, count)
