@@ -122,7 +122,7 @@ def generate_ids(
         window = idx[:, -block_size:]  # the tokens the cache holds, plus the newest one
         chunk, start = window, 0  # what the next forward pass runs, and where it sits
         for _ in range(max_new_tokens):
-            logits, _ = model(chunk, start_pos=start)
+            logits, _ = model(chunk, start_pos=start, last_only=True)
             nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             yield nxt
             window = torch.cat((window, nxt), dim=1)

@@ -140,6 +140,8 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if not start_pos:  # queries and keys start at the same position: the plain lower triangle
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:  # one new token sees every key so far: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:  # query i is at start_pos + i and sees keys [0, start_pos + i]
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -243,6 +245,7 @@ class GPT(nn.Module):
             raise TinyGPTError("config: model.vocab_size must be positive (set it from the tokenizer)")
         self.cfg = cfg
         self.cache_size: tuple[int, int] | None = None  # (batch_size, max_len) while a KV cache exists
+        self.head_t: torch.Tensor | None = None  # lm_head.weight as a contiguous (C, V) copy while decoding
 
         if cfg.family == "gpt2":
             self.transformer = nn.ModuleDict({
@@ -284,11 +287,19 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        start_pos: int | None = None,
+        last_only: bool = False,
+    ):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         targets (B, T): mean cross-entropy over positions whose target is not -1.
         start_pos: the absolute position of idx[:, 0] when decoding with the KV cache.
+        last_only: logits (B, 1, V) for the last position only, all that sampling needs; the
+        output layer is the largest matmul of a decoding step, so a prefill skips it elsewhere.
         """
         B, T = idx.size()
         self._check_positions(B, T, start_pos)
@@ -305,7 +316,13 @@ class GPT(nn.Module):
             for layer in self.model.layers:
                 x = layer(x, rope, start_pos)
             x = self.model.norm(x)
-        logits = self.lm_head(x)  # (B, T, V)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
+        if start_pos is not None:  # decoding: the same product against the weight stored (C, V)
+            logits = torch.matmul(x, self.head_t)
+            logits = logits if self.lm_head.bias is None else logits + self.lm_head.bias
+        else:
+            logits = self.lm_head(x)  # (B, T, V)
 
         loss = None
         if targets is not None:  # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
@@ -352,12 +369,16 @@ class GPT(nn.Module):
         for attn in self._attention_layers():
             attn.cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.head_dim, device, dtype)
         self.cache_size = (batch_size, max_len)
+        # One row against a (V, C) matrix reads it across its rows; a (C, V) copy is read in
+        # order, about 3x faster on CPUs for the (288 x 32000) head of a 15M model.
+        self.head_t = self.lm_head.weight.detach().t().contiguous().to(dtype)
 
     def clear_cache(self) -> None:
         """Free the KV cache; forward() without start_pos never uses it anyway."""
         for attn in self._attention_layers():
             attn.cache = None
         self.cache_size = None
+        self.head_t = None
 
     def _attention_layers(self) -> list[CausalSelfAttention]:
         return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
