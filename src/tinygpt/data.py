@@ -1,18 +1,49 @@
 """Text in, token shards out: streaming document readers, parallel encoding, shard files and their manifest.
 
-A prepared folder holds `manifest.json`, `tokenizer/` and `.bin` shards (raw little-endian
-uint16 or uint32 token ids, end-of-text after every document). Everything is written under
-temporary names and renamed when complete, so an interrupted run leaves nothing that looks finished.
+A prepared folder holds `manifest.json`, `config.toml`, `tokenizer/` and `.bin` shards (raw
+little-endian uint16 or uint32 token ids, end-of-text after every document). Everything is
+written into a temporary sibling folder that is renamed to its final name when complete, so an
+interrupted run leaves nothing that looks finished.
+
+The pipeline: the main process reads each input in chunks of about CHUNK_BYTES, cut where
+documents end, splits them into documents and divides those into train and validation; worker
+processes encode the chunks (each loads the tokenizer once); the main process writes the results
+in input order, so the shards do not depend on the number of workers. At most two chunks per
+worker are in flight, so memory does not grow with the corpus, only with the largest document.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
-from .common import TinyGPTError, read_json
+import numpy as np
+
+from .common import TinyGPTError, atomic_write_bytes, atomic_write_json, read_json
+from .config import Config, dump_toml, load_config
+from .tokenizers import EOT_SEPARATOR, EOT_TEXT, META_FILE, Tokenizer, load_tokenizer, train_tokenizer
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+CHUNK_BYTES = 1 << 20  # input read, split and encoded as one unit of work
+INPUT_SUFFIXES = (".txt", ".jsonl", ".json")
+SPLITS = ("train", "val")
+_SEPARATOR_LINE = ("\n" + EOT_SEPARATOR).encode()  # a separator line, with the newline that ends the line before
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -32,3 +63,589 @@ def read_manifest(folder: str | Path) -> dict:
             f"this tinygpt reads version {MANIFEST_VERSION}: prepare the data again"
         )
     return manifest
+
+
+# ---------------------------------------------------------------- finding the input files
+
+
+def resolve_inputs(specs: Iterable[str], exclude: Path | None = None) -> list[Path]:
+    """Files, folders (their .txt/.jsonl/.json files, recursively) and glob patterns, in the order given.
+
+    Files under `exclude` (the output folder) are skipped, so preparing a folder into a
+    subfolder of itself does not read the previous run's manifest as input.
+    """
+    paths: list[Path] = []
+    excluded = exclude.resolve() if exclude is not None else None
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in INPUT_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found = [path]
+        elif any(c in spec for c in "*?["):
+            found = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file())
+        else:
+            raise TinyGPTError(f"input not found: {spec}")
+        if excluded is not None:
+            found = [p for p in found if not p.resolve().is_relative_to(excluded)]
+        if not found:
+            raise TinyGPTError(f"no .txt, .jsonl or .json files in {spec}")
+        paths.extend(found)
+    return paths
+
+
+# ---------------------------------------------------------------- reading documents
+
+
+def read_documents(path: Path, text_field: str = "text", errors: str = "strict") -> Iterator[tuple[list[str], int]]:
+    """The documents of one file, a chunk at a time: (documents, bytes of the file they came from).
+
+    Empty and whitespace-only documents are dropped. `.jsonl` files hold one JSON object per
+    line and `.json` files an array of objects, the text in `text_field`; anything else is text
+    with documents separated by `<|endoftext|>` lines.
+    """
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, text_field, errors)
+    if path.suffix == ".json":
+        return _read_json(path, text_field, errors)
+    return _read_txt(path, errors)
+
+
+def split_documents(text: str) -> list[str]:
+    """Split text at lines that are exactly `<|endoftext|>`; drop empty and whitespace-only documents.
+
+    A document keeps the newline that ends its last line and the end-of-text token stands for
+    the separator line, so documents and end-of-text tokens add up to the file byte for byte.
+    A `<|endoftext|>` inside a line is ordinary text. Text after the last separator is a document.
+    """
+    docs = text.split(EOT_SEPARATOR)
+    # Usually every separator starts a line, which counting shows at C speed. Otherwise (or when
+    # separators follow each other, which the count misses) glue those inside a line back.
+    if text.count("\n" + EOT_SEPARATOR) + text.startswith(EOT_SEPARATOR) != len(docs) - 1:
+        parts, docs = docs, docs[:1]
+        for part in parts[1:]:
+            if docs[-1] and not docs[-1].endswith("\n"):  # the separator was inside a line: it is text
+                docs[-1] += EOT_SEPARATOR + part
+            else:
+                docs.append(part)
+    if docs[-1] == EOT_TEXT or docs[-1].endswith("\n" + EOT_TEXT):  # a last separator line without its newline
+        docs[-1] = docs[-1][: -len(EOT_TEXT)]
+    return [doc for doc in docs if _has_text(doc)]
+
+
+def _has_text(doc: str) -> bool:
+    return bool(doc) and not doc.isspace()
+
+
+def _read_txt(path: Path, errors: str) -> Iterator[tuple[list[str], int]]:
+    with open(path, "rb") as f:
+        for offset, data in _pieces(f, _SEPARATOR_LINE):
+            yield split_documents(_decode(data, path, offset, errors)), len(data)
+
+
+def _read_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[list[str], int]]:
+    line_number = 1
+    with open(path, "rb") as f:
+        for offset, data in _pieces(f, b"\n"):
+            docs = []
+            for i, line in enumerate(_decode(data, path, offset, errors).split("\n")):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise TinyGPTError(f"{path} line {line_number + i}: not valid JSON ({e.msg})") from None
+                    docs.append(_text_of(record, text_field, f"{path} line {line_number + i}"))
+            line_number += data.count(b"\n")
+            yield [doc for doc in docs if _has_text(doc)], len(data)
+
+
+def _read_json(path: Path, text_field: str, errors: str) -> Iterator[tuple[list[str], int]]:
+    import ijson
+
+    with open(path, "rb") as f:
+        if not f.read(4096).lstrip().startswith(b"["):
+            raise TinyGPTError(f"{path} is not a JSON array of objects (a .jsonl file needs that suffix)")
+        f.seek(0)
+        reader = _CheckedReader(f, path, errors)
+        docs: list[str] = []
+        chars = reported = 0
+        try:
+            for i, record in enumerate(ijson.items(reader, "item")):
+                text = _text_of(record, text_field, f"{path} item {i}")
+                if _has_text(text):
+                    docs.append(text)
+                    chars += len(text)
+                if chars >= CHUNK_BYTES:
+                    yield docs, reader.offset - reported
+                    docs, chars, reported = [], 0, reader.offset
+        except ijson.JSONError as e:
+            message = e.args[0].decode(errors="replace") if isinstance(e.args[0], bytes) else str(e.args[0])
+            raise TinyGPTError(f"{path} is not valid JSON ({message.splitlines()[0]})") from None
+        yield docs, reader.offset - reported
+
+
+def _pieces(f, boundary: bytes) -> Iterator[tuple[int, bytes]]:
+    """Read `f` in CHUNK_BYTES blocks; yield (offset, bytes) pieces that end just after `boundary`, or at the end.
+
+    Pieces end where documents end, so each one decodes and splits on its own; a document
+    longer than a block makes its piece grow until the document is complete.
+    """
+    buffer = bytearray()
+    offset = 0
+    while block := f.read(CHUNK_BYTES):
+        search_from = max(0, len(buffer) - len(boundary) + 1)
+        buffer += block
+        end = buffer.rfind(boundary, search_from)
+        if end >= 0:
+            end += len(boundary)
+            with memoryview(buffer) as view:
+                piece = bytes(view[:end])
+            del buffer[:end]
+            yield offset, piece
+            offset += end
+    if buffer:
+        yield offset, bytes(buffer)
+
+
+def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors)
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, offset + e.start, data[e.start]) from None
+
+
+def _not_utf8(path: Path, offset: int, byte: int) -> TinyGPTError:
+    return TinyGPTError(
+        f"{path} is not UTF-8: byte 0x{byte:02x} at offset {offset} (use --errors replace to read it as U+FFFD)"
+    )
+
+
+class _CheckedReader:
+    """A binary file checked as UTF-8 while it is read, so that a bad byte is reported with its offset
+    (or, with errors="replace", becomes U+FFFD) before the JSON parser sees it."""
+
+    def __init__(self, f, path: Path, errors: str):
+        self._f = f
+        self._path = path
+        self._errors = errors
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors)
+        self.offset = 0  # bytes read from the file so far
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        while True:
+            data = self._f.read(size)
+            held = self._decoder.getstate()[0]  # the start of a character cut by the last read
+            try:
+                text = self._decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise _not_utf8(self._path, self.offset - len(held) + e.start, (held + data)[e.start]) from None
+            self.offset += len(data)
+            if self._errors == "strict":
+                return data
+            if text or not data:  # an empty answer would mean the end of the file
+                return text.encode()
+
+
+def _text_of(record, text_field: str, where: str) -> str:
+    text = record.get(text_field) if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        raise TinyGPTError(
+            f"{where} has no text field {text_field!r} (set data.text_field, e.g. --text-field story)"
+        )
+    return text
+
+
+# ---------------------------------------------------------------- chunks of train and validation documents
+
+
+@dataclass
+class Chunk:
+    """One unit of work: the documents of a piece of input, already divided into the two splits."""
+
+    nbytes: int  # input bytes the chunk came from (for the progress bar)
+    docs: dict[str, list[str]]  # "train" / "val" -> documents
+
+
+def held_out(indices: np.ndarray, fraction: float) -> np.ndarray:
+    """Which documents (by position in the input) belong to validation: floor(n * fraction) of the
+    first n, evenly spread, so the choice is fixed and whole documents are held out."""
+    return np.floor((indices + 1) * fraction) > np.floor(indices * fraction)
+
+
+def read_chunks(train_paths: list[Path], val_paths: list[Path], cfg: Config, *, train_only: bool = False) -> Iterator[Chunk]:
+    """Every chunk of the input in order: the training files (minus documents held out for
+    validation when there is no validation file), then, unless `train_only`, the validation files."""
+    fraction = 0.0 if val_paths else cfg.data.val_fraction
+    index = 0
+    for path in train_paths:
+        for docs, nbytes in read_documents(path, cfg.data.text_field, cfg.data.errors):
+            train, val, start = [], [], 0
+            if fraction:
+                for i in np.flatnonzero(held_out(np.arange(index, index + len(docs)), fraction)):
+                    train += docs[start:i]
+                    val.append(docs[i])
+                    start = i + 1
+            train += docs[start:]
+            index += len(docs)
+            yield Chunk(nbytes, {"train": train, "val": val})
+    if train_only:
+        return
+    for path in val_paths:
+        for docs, nbytes in read_documents(path, cfg.data.text_field, cfg.data.errors):
+            yield Chunk(nbytes, {"val": docs})
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+
+def tokenizer_sample(chunks: Iterable[Chunk], max_bytes: int) -> Iterator[str]:
+    """Training documents from the start of the input: whole chunks, until `max_bytes` bytes are read."""
+    remaining = max_bytes
+    for chunk in chunks:
+        if remaining <= 0:
+            return
+        yield from chunk.docs["train"]
+        remaining -= chunk.nbytes
+
+
+def obtain_tokenizer(cfg: Config, train_paths: list[Path], val_paths: list[Path], tokenizer_from: str | None) -> Tokenizer:
+    """The tokenizer of `--tokenizer-from` (a prepared folder or a tokenizer folder), or a new one
+    trained on a bounded sample of the training documents."""
+    kind = cfg.tokenizer.kind
+    if tokenizer_from:
+        folder = Path(tokenizer_from)
+        if (folder / "tokenizer" / META_FILE).is_file():
+            folder = folder / "tokenizer"
+        return load_tokenizer(folder, expect_kind=kind)
+    sample = tokenizer_sample(read_chunks(train_paths, val_paths, cfg, train_only=True), cfg.tokenizer.train_bytes)
+    first = next(sample, None)
+    if first is None:
+        raise _no_documents(train_paths)
+    what = "" if kind == "char" else f" with {cfg.tokenizer.vocab_size} tokens"
+    _say(f"training a {kind} tokenizer{what} on up to {cfg.tokenizer.train_bytes / 1e6:,.0f} MB of text")
+    return train_tokenizer(kind, chain([first], sample), cfg.tokenizer.vocab_size)
+
+
+def _no_documents(paths: list[Path]) -> TinyGPTError:
+    names = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return TinyGPTError(
+        f"no documents in {names}: every document is empty or whitespace "
+        f"(documents are separated by lines that are exactly {EOT_TEXT})"
+    )
+
+
+# ---------------------------------------------------------------- encoding, in worker processes
+
+
+@dataclass
+class Encoded:
+    """A chunk's tokens and figures, per split: (tokens, documents, text_bytes, unknown)."""
+
+    nbytes: int
+    splits: dict[str, tuple[np.ndarray, int, int, int]]
+
+
+class ChunkEncoder:
+    """Turns a Chunk into token arrays of the shard dtype, with the bytes the tokens stand for."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: str):
+        self.tokenizer = tokenizer
+        self.dtype = np.dtype(dtype)
+        self.token_bytes = tokenizer.token_bytes()
+
+    def __call__(self, chunk: Chunk) -> Encoded:
+        splits = {}
+        for split, docs in chunk.docs.items():
+            if docs:
+                ids, unknown = self.tokenizer.encode_docs(docs)
+                text_bytes = int(np.bincount(ids, minlength=self.token_bytes.size) @ self.token_bytes)
+                splits[split] = (ids.astype(self.dtype), len(docs), text_bytes, unknown)
+        return Encoded(chunk.nbytes, splits)
+
+
+_worker_encoder: ChunkEncoder | None = None
+
+
+def _start_worker(tokenizer_dir: str, dtype: str) -> None:
+    global _worker_encoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    # One thread per process: the processes are the parallelism, more threads would only compete.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    _worker_encoder = ChunkEncoder(load_tokenizer(tokenizer_dir), dtype)
+
+
+def _encode_in_worker(chunk: Chunk) -> Encoded:
+    return _worker_encoder(chunk)
+
+
+def encode_chunks(chunks: Iterable[Chunk], tokenizer_dir: Path, dtype: str, workers: int) -> Iterator[Encoded]:
+    """Encoded chunks in input order, from `workers` processes with at most two chunks each in flight.
+
+    (Pool.imap would read the whole input ahead into its task queue.) With one worker, this process
+    encodes, and the tokenizer library may use threads of its own.
+    """
+    if workers == 1:
+        yield from map(ChunkEncoder(load_tokenizer(tokenizer_dir), dtype), chunks)
+        return
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and memory
+    start = {"initializer": _start_worker, "initargs": (str(tokenizer_dir), dtype)}
+    with ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
+        pending = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_encode_in_worker, chunk))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise TinyGPTError("an encoding worker process died (out of memory?); try fewer --workers") from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------- shards
+
+
+class ShardWriter:
+    """Tokens of one split into `{split}_000000.bin`, `{split}_000001.bin`, ..., `shard_tokens` tokens each
+    (the last one shorter). A shard is flushed to disk when it is complete."""
+
+    def __init__(self, folder: Path, split: str, shard_tokens: int):
+        self.folder = folder
+        self.split = split
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict] = []  # the manifest's [{"file", "tokens"}]
+        self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self._file is None:
+                self.shards.append({"file": f"{self.split}_{len(self.shards):06d}.bin", "tokens": 0})
+                self._file = open(self.folder / self.shards[-1]["file"], "wb")  # noqa: SIM115 (closed in _finish)
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            self._file.write(tokens[:room])
+            self.shards[-1]["tokens"] += min(room, tokens.size)
+            tokens = tokens[room:]
+            if self.shards[-1]["tokens"] == self.shard_tokens:
+                self._finish()
+
+    def close(self) -> list[dict]:
+        if self._file is not None:
+            self._finish()
+        return self.shards
+
+    def _finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare(
+    inputs: list[str],
+    out: str | Path,
+    cfg: Config,
+    *,
+    val: str | None = None,
+    tokenizer_from: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Encode `inputs` (and the validation input `val`) into a prepared folder `out`; return its manifest.
+
+    The folder is built under a temporary name beside `out` and renamed when complete. An
+    existing `out` is replaced only with `force`, and only if it is a prepared folder itself.
+    """
+    out = Path(out).resolve()  # also gives "." or ".." a name for the temporary sibling
+    _check_out(out, force)
+    train_paths = resolve_inputs(inputs, exclude=out)
+    val_paths = resolve_inputs([val], exclude=out) if val else []
+    source_bytes = sum(p.stat().st_size for p in train_paths + val_paths)
+    if not sum(p.stat().st_size for p in train_paths):
+        raise TinyGPTError(f"the input is empty: {', '.join(map(str, train_paths))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its private mode would end up on the prepared folder
+    try:
+        tokenizer = obtain_tokenizer(cfg, train_paths, val_paths, tokenizer_from)
+        tokenizer.save(tmp / "tokenizer")
+        dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
+        splits = _encode_and_write(cfg, train_paths, val_paths, tmp, dtype, source_bytes, progress)
+        if not splits["train"]["documents"]:
+            raise _no_documents(train_paths)
+        if val_paths and not splits["val"]["documents"]:
+            raise _no_documents(val_paths)
+        if cfg.data.val_fraction and not val_paths and not splits["val"]["documents"]:
+            raise TinyGPTError(
+                f"{splits['train']['documents']} documents are too few to hold out "
+                f"data.val_fraction={cfg.data.val_fraction} of them: raise it, or pass --val FILE"
+            )
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "dtype": dtype,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "tokenizer_kind": tokenizer.kind,
+            "tokenizer_hash": tokenizer.hash,
+            "source_bytes": source_bytes,
+            "splits": splits,
+        }
+        used = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=tokenizer.vocab_size))
+        atomic_write_bytes(tmp / "config.toml", dump_toml(used).encode())  # with the vocabulary size it got
+        atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks the folder complete
+        _check_out(out, force)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _encode_and_write(
+    cfg: Config, train_paths: list[Path], val_paths: list[Path], folder: Path, dtype: str, total: int, progress: bool
+) -> dict:
+    """Encode every chunk into the shard files of `folder`; return the manifest's "splits"."""
+    from tqdm import tqdm
+
+    writers = {split: ShardWriter(folder, split, cfg.data.shard_tokens) for split in SPLITS}
+    figures = {split: {"documents": 0, "text_bytes": 0, "unknown": 0} for split in SPLITS}
+    workers = cfg.data.workers or available_cpus()
+    chunks = read_chunks(train_paths, val_paths, cfg)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="encoding", disable=None if progress else True)
+    with bar:
+        for encoded in encode_chunks(chunks, folder / "tokenizer", dtype, workers):
+            for split, (tokens, documents, text_bytes, unknown) in encoded.splits.items():
+                writers[split].write(tokens)
+                figures[split]["documents"] += documents
+                figures[split]["text_bytes"] += text_bytes
+                figures[split]["unknown"] += unknown
+            bar.update(encoded.nbytes)
+    splits = {}
+    for split in SPLITS:
+        shards = writers[split].close()
+        splits[split] = {"shards": shards, "tokens": sum(s["tokens"] for s in shards), **figures[split]}
+    return splits
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / MANIFEST).is_file():
+        raise TinyGPTError(f"{out} exists and is not a prepared-data folder: choose another --out")
+    if not force:
+        raise TinyGPTError(f"{out} already holds prepared data: use --force to replace it")
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an existing `out` is moved aside first and deleted after."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = None
+    if out.exists():
+        old = new.with_name(new.name.replace(".tmp-", ".old-"))
+        out.rename(old)
+    new.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _say(message: str) -> None:
+    """Progress notes go to stdout: stderr is kept for errors (one line each) and the progress bar."""
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------- `tinygpt prepare`
+
+_ALIASES = {  # convenience flag -> the config key it sets
+    "tokenizer_kind": "tokenizer.kind",
+    "vocab_size": "tokenizer.vocab_size",
+    "workers": "data.workers",
+    "errors": "data.errors",
+    "text_field": "data.text_field",
+}
+
+
+def add_prepare_arguments(p) -> None:
+    from .cli import add_config_arguments
+
+    p.description = (
+        "Turn text into token shards: train a tokenizer (or reuse one), encode on all cores, write\n"
+        "OUT/{manifest.json, config.toml, tokenizer/, train_*.bin, val_*.bin}.\n\n"
+        "examples:\n"
+        "  tinygpt prepare stories.txt --out runs/data --val valid.txt\n"
+        "  tinygpt prepare 'shards/*.json' --out runs/data --text-field story --tokenizer char\n"
+        "  tinygpt prepare tinystories --out runs/data --config tiny"
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=".txt (documents separated by <|endoftext|> lines), .jsonl or .json files, folders or globs; "
+        "or 'tinystories' to download TinyStories and prepare it",
+    )
+    p.add_argument("--out", "-o", required=True, metavar="FOLDER", help="the prepared folder to write")
+    p.add_argument("--val", metavar="FILE", help="validation documents (default: hold out data.val_fraction)")
+    p.add_argument("--tokenizer-from", metavar="FOLDER", help="reuse the tokenizer of a prepared or tokenizer folder")
+    p.add_argument("--force", action="store_true", help="replace OUT if it already holds prepared data")
+    short = p.add_argument_group("shortcuts for config keys")
+    short.add_argument("--tokenizer", dest="tokenizer_kind", choices=["char", "bpe", "sentencepiece"], help="tokenizer.kind")
+    short.add_argument("--vocab-size", metavar="N", help="tokenizer.vocab_size")
+    short.add_argument("--workers", metavar="N", help="data.workers (0: all cores)")
+    short.add_argument("--errors", choices=["strict", "replace"], help="data.errors: what to do with bytes that are not UTF-8")
+    short.add_argument("--text-field", metavar="NAME", help="data.text_field of .jsonl/.json inputs")
+    ts = p.add_argument_group("downloading TinyStories (INPUT 'tinystories')")
+    ts.add_argument("--version", dest="ts_version", choices=["v1", "v2"], help="v1 (default): GPT-3.5 + GPT-4 stories; v2: GPT-4 only")
+    ts.add_argument("--cache", metavar="DIR", help="download folder (default: $TINYGPT_CACHE/tinystories or ~/.cache/tinygpt/tinystories)")
+    ts.add_argument("--base-url", metavar="URL", help="where the files are (default: the Hugging Face dataset)")
+    ts.add_argument("--files", metavar="TRAIN[:SIZE],VALID[:SIZE]", help="file names and expected sizes in bytes")
+    add_config_arguments(p)
+
+
+def run_prepare(args) -> int:
+    aliases = {key: str(getattr(args, name)) for name, key in _ALIASES.items() if getattr(args, name) is not None}
+    cfg = load_config(args.config, {**aliases, **args.overrides})
+    inputs, val = args.inputs, args.val
+    download_options = [args.ts_version, args.cache, args.base_url, args.files]
+    if inputs == ["tinystories"]:
+        from .download import download_tinystories
+
+        if val:
+            raise TinyGPTError("--val does not apply to 'tinystories' (its validation file is used)")
+        train_file, valid_file = download_tinystories(args.ts_version or "v1", args.cache, args.base_url, args.files)
+        inputs, val = [str(train_file)], str(valid_file)
+    elif any(option is not None for option in download_options):
+        raise TinyGPTError("--version, --cache, --base-url and --files only apply to the input 'tinystories'")
+    start = time.perf_counter()
+    manifest = prepare(inputs, args.out, cfg, val=val, tokenizer_from=args.tokenizer_from, force=args.force)
+    print(summary(manifest, Path(args.out), time.perf_counter() - start))
+    return 0
+
+
+def summary(manifest: dict, out: Path, seconds: float) -> str:
+    """The lines printed at the end of `tinygpt prepare`."""
+    mb = manifest["source_bytes"] / 1e6
+    lines = [f"prepared {mb:,.1f} MB in {seconds:,.1f} s ({mb / max(seconds, 1e-9):,.1f} MB/s) -> {out.resolve()}"]
+    for split in SPLITS:
+        s = manifest["splits"][split]
+        per_byte = s["tokens"] / s["text_bytes"] if s["text_bytes"] else 0.0
+        lines.append(
+            f"  {split + ':':<6} {s['documents']:,} documents, {s['tokens']:,} tokens in {len(s['shards'])} shard(s), "
+            f"{s['text_bytes']:,} bytes ({per_byte:.3f} tokens/byte), {s['unknown']:,} unknown characters"
+        )
+    lines.append(
+        f"  tokenizer: {manifest['tokenizer_kind']}, {manifest['vocab_size']:,} tokens, "
+        f"hash {manifest['tokenizer_hash']}, shards of {manifest['dtype']}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Benchmark `tinygpt prepare`: memory against corpus size, throughput against the libraries alone.
+
+usage: python bench/prepare.py [--sizes 100M,2G] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
+                               [--workdir DIR] [--skip-baseline]      (a size of '' skips that part)
+
+Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file. Prints JSON lines:
+  memory            peak RSS of `tinygpt prepare` (BPE, 4096 tokens, all cores) per input size: the sum of the
+                    peaks of the parent and every worker (psutil polls the process tree), and the highest
+                    simultaneous total seen
+  memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the smallest size
+  throughput_bpe    prepare's encoding (reusing the tokenizer) vs the `tokenizers` library's own encode_batch
+                    over the same documents with all cores, interleaved, best of --repeats; in wall-clock
+                    MB/s and in MB per CPU-second (all threads and worker processes), which other work on
+                    the machine disturbs much less
+  throughput_char   prepare with the char tokenizer end to end (training included), best of --repeats
+Every line carries the load average, since other work on the machine slows both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from tinygpt.config import load_config
+from tinygpt.data import available_cpus, prepare, split_documents
+from tinygpt.tokenizers import ENCODE_SLICE_CHARS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TRAIN = SHARED / "data" / "tinystories" / "train.txt"
+VALID = SHARED / "data" / "tinystories" / "valid.txt"
+SEED_RECIPE = SHARED / "baselines" / "seed_recipe.py"
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 10**3, "M": 10**6, "G": 10**9}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+def make_corpus(folder: Path, size: int) -> Path:
+    """train.txt repeated whole until the file holds at least `size` bytes (so it stays well formed)."""
+    path = folder / f"corpus-{size}.txt"
+    if not path.exists():
+        block = TRAIN.read_bytes()
+        with open(path, "wb") as f:
+            f.writelines(block for _ in range(-(-size // len(block))))
+    return path
+
+
+def emit(record: dict) -> None:
+    record["load_average_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(record), flush=True)
+
+
+def measure(command: list) -> dict:
+    """Run `command`, polling the RSS of it and all its descendants every 20 ms."""
+    start = time.perf_counter()
+    process = psutil.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, int] = {}
+    simultaneous = 0
+    while process.poll() is None:
+        total = 0
+        try:
+            tree = [process, *process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                rss = p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
+            total += rss
+        simultaneous = max(simultaneous, total)
+        time.sleep(0.02)
+    stdout, stderr = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{stderr}")
+    return {
+        "wall_s": round(time.perf_counter() - start, 2),
+        "peak_rss_mb_sum_of_process_peaks": round(sum(peaks.values()) / 1e6),
+        "peak_rss_mb_simultaneous": round(simultaneous / 1e6),
+        "largest_process_mb": round(max(peaks.values()) / 1e6),
+        "processes": len(peaks),
+        "stdout": stdout,
+    }
+
+
+def memory_run(corpus: Path, out: Path) -> dict:
+    command = [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force"]
+    result = measure([*command, "--tokenizer", "bpe", "--vocab-size", "4096"])
+    size = corpus.stat().st_size
+    summary = result.pop("stdout").strip().splitlines()
+    return {
+        "bench": "memory",
+        "command": "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096",
+        "input_mb": round(size / 1e6),
+        **result,
+        "rss_bytes_per_input_byte": round(result["peak_rss_mb_sum_of_process_peaks"] * 1e6 / size, 3),
+        "summary": [line for line in summary if line.startswith("prepared")],
+    }
+
+
+def baseline_run(corpus: Path) -> dict:
+    result = measure([sys.executable, SEED_RECIPE, corpus, VALID, "--prep-only"])
+    size = corpus.stat().st_size
+    own = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    return {
+        "bench": "memory_baseline",
+        "command": "python ../shared/baselines/seed_recipe.py CORPUS VALID --prep-only",
+        "input_mb": round(size / 1e6),
+        **result,
+        "rss_bytes_per_input_byte": round(result["peak_rss_mb_sum_of_process_peaks"] * 1e6 / size, 3),
+        "its_own_report": own,
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def rates(nbytes: int, work) -> tuple[float, float]:
+    """(MB per wall-clock second, MB per CPU-second) of `work()`."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    work()
+    return nbytes / (time.perf_counter() - wall) / 1e6, nbytes / (cpu_seconds() - cpu) / 1e6
+
+
+def library_rates(documents: list[str], tokenizer_file: Path, method: str) -> tuple[float, float]:
+    """The `tokenizers` library alone over slices of ~1M characters, with all cores (its default)."""
+    from tokenizers import Tokenizer
+
+    encode = getattr(Tokenizer.from_file(str(tokenizer_file)), method)
+    batches, batch, size = [], [], 0
+    for doc in documents:
+        batch.append(doc)
+        size += len(doc)
+        if size >= ENCODE_SLICE_CHARS:
+            batches.append(batch)
+            batch, size = [], 0
+    batches.append(batch)
+    return rates(sum(len(d.encode()) for d in documents), lambda: [encode(b, add_special_tokens=False) for b in batches])
+
+
+def prepare_rates(corpus: Path, out: Path, tokenizer_from: Path | None = None, **overrides: str) -> tuple[float, float]:
+    cfg = load_config(None, {"data.val_fraction": "0", **overrides})
+    shutil.rmtree(out, ignore_errors=True)
+    tokenizer = tokenizer_from and str(tokenizer_from)
+    return rates(corpus.stat().st_size, lambda: prepare([str(corpus)], out, cfg, tokenizer_from=tokenizer, progress=False))
+
+
+def bpe_throughput(corpus: Path, work: Path, repeats: int) -> None:
+    bpe = {"tokenizer.kind": "bpe", "tokenizer.vocab_size": "4096"}
+    with_training = prepare_rates(corpus, work / "tp-trained", **bpe)[0]
+    tokenizer_dir = work / "tp-trained" / "tokenizer"
+    documents = split_documents(corpus.read_text(encoding="utf-8"))
+    runs = {"encode_batch": [], "encode_batch_fast": [], "prepare": []}
+    for _ in range(repeats):  # interleaved, so all three see the same machine
+        for method in ("encode_batch", "encode_batch_fast"):
+            runs[method].append(library_rates(documents, tokenizer_dir / "bpe.json", method))
+        runs["prepare"].append(prepare_rates(corpus, work / "tp-bpe", tokenizer_dir, **bpe))
+    del documents
+    best = {name: (max(w for w, _ in r), max(c for _, c in r)) for name, r in runs.items()}
+    emit(
+        {
+            "bench": "throughput_bpe",
+            "input_mb": round(corpus.stat().st_size / 1e6),
+            "cores": available_cpus(),
+            **{f"{name}_mbps_wall": [round(w, 2) for w, _ in r] for name, r in runs.items()},
+            **{f"{name}_mb_per_cpu_s": [round(c, 2) for _, c in r] for name, r in runs.items()},
+            "ratio_wall_best": round(best["prepare"][0] / best["encode_batch"][0], 3),
+            "ratio_cpu_best": round(best["prepare"][1] / best["encode_batch"][1], 3),
+            "prepare_with_tokenizer_training_mbps_wall": round(with_training, 2),
+        }
+    )
+
+
+def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
+    runs = [prepare_rates(corpus, work / "tp-char", **{"tokenizer.kind": "char"}) for _ in range(repeats)]
+    cli = measure([sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", work / "tp-char", "--force", "--tokenizer", "char"])
+    emit(
+        {
+            "bench": "throughput_char",
+            "input_mb": round(corpus.stat().st_size / 1e6),
+            "prepare_mbps_wall": [round(w, 1) for w, _ in runs],
+            "prepare_mb_per_cpu_s": [round(c, 1) for _, c in runs],
+            "cli_wall_s_including_startup": cli["wall_s"],
+            "cli_mbps_including_startup": round(corpus.stat().st_size / cli["wall_s"] / 1e6, 1),
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100M,2G", help="corpus sizes of the memory runs ('' for none)")
+    parser.add_argument("--bpe-size", default="30M", help="corpus size of the BPE throughput runs")
+    parser.add_argument("--char-size", default="100M", help="corpus size of the char throughput runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", help="where corpora and outputs go (default: a temporary folder, removed)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    sizes = sorted(parse_size(s) for s in args.sizes.split(",") if s)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="tinygpt-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    emit({"bench": "machine", "cores": available_cpus(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)})
+    try:
+        for size in sizes:
+            corpus = make_corpus(work, size)
+            emit(memory_run(corpus, work / "prepared"))
+            if size == sizes[0] and not args.skip_baseline:
+                emit(baseline_run(corpus))
+            corpus.unlink()
+        if args.bpe_size:
+            bpe_throughput(make_corpus(work, parse_size(args.bpe_size)), work, args.repeats)
+        if args.char_size:
+            char_throughput(make_corpus(work, parse_size(args.char_size)), work, args.repeats)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real TinyStories sample, small prepared folders built from it by the real
+`prepare`, and a runner for the `tinygpt` command in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tinygpt.config import load_config
+from tinygpt.data import prepare, split_documents
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINYSTORIES = SHARED / "data" / "tinystories"
+SEPARATOR = "<|endoftext|>\n"
+
+
+@pytest.fixture(scope="session")
+def train_txt() -> Path:
+    """The shared TinyStories training sample: 2,316 stories, 2,094,605 bytes."""
+    return TINYSTORIES / "train.txt"
+
+
+@pytest.fixture(scope="session")
+def valid_txt() -> Path:
+    """The shared validation sample: 1,000 stories, 803,232 bytes, with characters train.txt lacks."""
+    return TINYSTORIES / "valid.txt"
+
+
+@pytest.fixture(scope="session")
+def train_docs(train_txt) -> list[str]:
+    """The documents of train.txt, each with its final newline."""
+    return split_documents(train_txt.read_text(encoding="utf-8"))
+
+
+class TinyGPTCommand:
+    """Runs `python -m tinygpt ...` in subprocesses, as a user would; run_all starts several at once,
+    since every start pays for importing the whole package."""
+
+    def run(self, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "tinygpt", *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+
+    def run_all(self, commands: dict[str, list]) -> dict[str, subprocess.CompletedProcess]:
+        with ThreadPoolExecutor(min(len(commands), 8)) as pool:
+            futures = {name: pool.submit(self.run, *args) for name, args in commands.items()}
+            return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def tinygpt_command() -> TinyGPTCommand:
+    return TinyGPTCommand()
+
+
+def _stories(name: str, n_bytes: int) -> str:
+    """The first stories of a TinyStories file, about n_bytes of them, cut where a story ends."""
+    text = (TINYSTORIES / name).read_text(encoding="utf-8")
+    return text[: text.index(SEPARATOR, n_bytes) + len(SEPARATOR)]
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory) -> tuple[Path, Path]:
+    """About 200 KB of training stories and 40 KB of validation stories as .txt files."""
+    folder = tmp_path_factory.mktemp("text")
+    train, valid = folder / "train.txt", folder / "valid.txt"
+    train.write_text(_stories("train.txt", 200_000), encoding="utf-8")
+    valid.write_text(_stories("valid.txt", 40_000), encoding="utf-8")
+    return train, valid
+
+
+def _prepared(tmp_path_factory, text_files, name: str, **overrides: str) -> Path:
+    train, valid = text_files
+    out = tmp_path_factory.mktemp("prepared") / name
+    cfg = load_config(None, {"data.workers": "1", **overrides})
+    prepare([str(train)], out, cfg, val=str(valid), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory, text_files) -> Path:
+    """Char-level shards: about 200k training tokens in four shards, 40k validation tokens."""
+    return _prepared(tmp_path_factory, text_files, "char", **{"tokenizer.kind": "char", "data.shard_tokens": "60000"})
+
+
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory, text_files) -> Path:
+    """The same text with a 300-token byte-level BPE: another tokenizer, for mismatch tests."""
+    return _prepared(tmp_path_factory, text_files, "bpe", **{"tokenizer.kind": "bpe", "tokenizer.vocab_size": "300"})
