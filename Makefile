@@ -6,7 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= tinystories
 RUN    ?= runs/demo
-PRESET ?= tiny
+PRESET ?= cpu-10min
+TIME   ?= 3m
+PROMPT ?= Once upon a time
 
 .PHONY: setup setup-dev demo test lint
 
@@ -26,7 +28,10 @@ setup-dev: $(BIN)/python
 		apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser test will skip"
 
 demo: setup
+	rm -rf $(RUN)
 	$(BIN)/tinygpt prepare $(DATA) --out $(RUN)/data --config $(PRESET)
+	$(BIN)/tinygpt train --data $(RUN)/data --out $(RUN) --config $(PRESET) --max-time $(TIME)
+	$(BIN)/tinygpt sample $(RUN) --prompt "$(PROMPT)" --max-new-tokens 300 --seed 1
 
 test: setup-dev
 	$(BIN)/python -m pytest -q

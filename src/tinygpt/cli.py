@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from .common import TinyGPTError
@@ -19,13 +20,17 @@ COMMANDS = [
     ("train", "tinygpt.train", "train a model on prepared shards or raw text; resume with --resume auto"),
     ("plot", "tinygpt.train", "draw the loss curve (bits per byte) of a training run"),
     ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),
+    ("eval", "tinygpt.evaluate", "exact loss, perplexity and bits per byte of a model over a text or shards"),
+    ("info", "tinygpt.evaluate", "size, FLOPs, memory and training progress of a run, checkpoint or preset"),
     ("export", "tinygpt.export", "export a trained model to a folder Hugging Face transformers loads"),
     ("serve", "tinygpt.serve", "a local story playground: web page and OpenAI-style HTTP API"),
     ("presets", "tinygpt.config", "list the shipped config presets, or print one resolved"),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command`, only that subcommand's module is imported (and torch
+    only if it needs it), so `tinygpt prepare` starts fast and stays small."""
     parser = argparse.ArgumentParser(
         prog="tinygpt",
         description="From raw text to a small GPT you trained yourself. "
@@ -37,15 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # a stage not built yet
-                continue
-            raise
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-        getattr(module, f"add_{name}_arguments")(p)
-        p.set_defaults(_run=getattr(module, f"run_{name}"))
+        if command in (None, name):
+            module = importlib.import_module(module_name)
+            getattr(module, f"add_{name}_arguments")(p)
+            p.set_defaults(_run=getattr(module, f"run_{name}"))
     return parser
 
 
@@ -66,7 +67,9 @@ def add_config_arguments(p: argparse.ArgumentParser, default_preset: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")  # the top level has only flags
+    parser = build_parser(command)
     args, extra = parser.parse_known_args(argv)
     try:
         from .config import parse_overrides
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinygpt {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # The reader left (`| head`): point stdout at /dev/null so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
