@@ -132,6 +132,11 @@ def test_char_encode_prompt_refuses_unseen_characters(char):
 # ---------------------------------------------------------------- bytes per token
 
 
+def test_a_prompt_with_half_a_surrogate_pair_is_refused_in_one_line(any_tokenizer):
+    with pytest.raises(TinyGPTError, match="position 5"):
+        any_tokenizer.encode_prompt("Once \ud800 upon")
+
+
 @PROPERTY
 @given(text=NO_SPACE_STAND_IN)
 def test_token_bytes_add_up_to_the_utf8_bytes(bpe, sentencepiece, text):

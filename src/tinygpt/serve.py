@@ -134,12 +134,8 @@ def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limi
 
     prompt = _field(body, "prompt", "string", "")
     try:
-        prompt.encode()
-    except UnicodeEncodeError as e:  # JSON can spell half a surrogate pair, which the BPE library cannot encode
-        raise ApiError(400, f"the prompt is not valid Unicode: a lone surrogate at position {e.start}", "prompt") from None
-    try:
         prompt_ids = sampler.encode(prompt)
-    except TinyGPTError as e:  # a char tokenizer refuses characters it never saw
+    except TinyGPTError as e:  # invalid Unicode, or characters a char tokenizer never saw
         raise ApiError(400, str(e), "prompt") from None
     max_prompt = limits.max_prompt_tokens or sampler.block_size
     if len(prompt_ids) > max_prompt:

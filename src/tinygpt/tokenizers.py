@@ -41,6 +41,10 @@ class Tokenizer(ABC):
 
     def encode_prompt(self, text: str) -> list[int]:
         """Encode a person's prompt; a tokenizer that would lose characters refuses instead."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON or a shell can spell half a surrogate pair
+            raise TinyGPTError(f"the prompt is not valid Unicode: a lone surrogate at position {e.start}") from None
         return self.encode(text)
 
     def encode_docs(self, docs: list[str]) -> tuple[np.ndarray, int]:
