@@ -15,6 +15,7 @@ worker are in flight, so memory does not grow with the corpus, only with the lar
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import glob
 import json
@@ -23,6 +24,7 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -392,20 +394,55 @@ def encode_chunks(chunks: Iterable[Chunk], tokenizer_dir: Path, dtype: str, work
         return
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and memory
     start = {"initializer": _start_worker, "initargs": (str(tokenizer_dir), dtype)}
-    with ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
+    with _interrupts_at_safe_points() as interrupted, ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
         pending = deque()
         try:
             for chunk in chunks:
+                interrupted.check()
                 pending.append(pool.submit(_encode_in_worker, chunk))
                 if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
+                    encoded = pending.popleft().result()
+                    interrupted.check()
+                    yield encoded
             while pending:
-                yield pending.popleft().result()
+                encoded = pending.popleft().result()
+                interrupted.check()
+                yield encoded
         except BrokenProcessPool:
             raise TinyGPTError("an encoding worker process died (out of memory?); try fewer --workers") from None
         finally:
             for future in pending:
                 future.cancel()
+
+
+class _Interrupts:
+    def __init__(self):
+        self.received = False
+
+    def handle(self, signum, frame) -> None:
+        self.received = True
+
+    def check(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
+    """Ctrl-C (SIGINT) only sets a flag, which check() turns into KeyboardInterrupt between chunks.
+
+    Raised wherever the main thread happens to be, it can land inside the process pool's own
+    bookkeeping (a half-written wake-up message) and leave the pool waiting forever.
+    """
+    interrupts = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield interrupts
+        return
+    previous = signal.signal(signal.SIGINT, interrupts.handle)
+    try:
+        yield interrupts
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def available_cpus() -> int:
@@ -524,8 +561,9 @@ def _encode_and_write(
     workers = cfg.data.workers or available_cpus()
     chunks = read_chunks(train_paths, val_paths, cfg)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="encoding", disable=None if progress else True)
-    with bar:
-        for encoded in encode_chunks(chunks, folder / "tokenizer", dtype, workers):
+    # closing(): an error while writing stops the workers now, not when the generator is collected
+    with bar, contextlib.closing(encode_chunks(chunks, folder / "tokenizer", dtype, workers)) as encoded_chunks:
+        for encoded in encoded_chunks:
             for split, (tokens, documents, text_bytes, unknown) in encoded.splits.items():
                 writers[split].write(tokens)
                 figures[split]["documents"] += documents
