@@ -1,7 +1,8 @@
 """Sampling text from a trained model, in three layers that can each be used alone.
 
 - `generate_ids` knows only a model and token ids: it runs the prompt once through the
-  model's KV cache, then one new position per step, and yields each sampled id.
+  model's KV cache, then one new position per step, and yields each sampled id. Past the
+  context window, a llama cache slides and a gpt2 one is rebuilt from the window's tail.
 - `Sampler` adds the tokenizer and the checkpoint: prompt in, text pieces out, decoded
   so that a piece never ends inside a UTF-8 character.
 - `tinygpt sample` is a thin command line over `Sampler` (a web server can be another).
@@ -27,10 +28,11 @@ from .tokenizers import Tokenizer
 
 
 def context_keep(block_size: int) -> int:
-    """Tokens kept when the context is full and the cache is rebuilt from its tail.
+    """Positions kept when the context is full: the cache slides (llama) or is rebuilt (gpt2) to this many.
 
     Three quarters: the model still sees most of the story, and the next quarter of the
-    window is generated one cached position at a time before the next rebuild.
+    window is generated one cached position at a time before the cache is full again, so the
+    cost of making room is shared by a quarter of the window's tokens.
     """
     return block_size - max(1, block_size // 4)
 
@@ -104,9 +106,12 @@ def generate_ids(
     """Yield the next ids (B, 1) for prompt ids idx (B, T) on the model's device, one step at a time.
 
     The prompt runs once through the KV cache (only its last block_size tokens if longer),
-    then each step runs just the new token. When the context is full the cache is rebuilt
-    from the last `context_keep(block_size)` tokens, for both families: GPT-2's learned
-    positions end at block_size, and the model has no way to slide a rotary cache yet.
+    then each step runs just the new token. When the context is full, room is made for the
+    next quarter of the window, keeping the last `context_keep(block_size)` positions:
+    - llama slides its cache (`GPT.shift_cache`): nothing runs again, and the kept keys and
+      values stay as they were computed, with the older context, as in a sliding window.
+    - gpt2 runs those last tokens through the model again from position 0, since its
+      learned positions end at block_size.
     So the model always sees between three quarters of and its whole context.
 
     Stop early by closing the iterator (or leaving a `for` loop over it); the cache is
@@ -126,11 +131,15 @@ def generate_ids(
             nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             yield nxt
             window = torch.cat((window, nxt), dim=1)
-            if window.size(1) > block_size:  # no room for the new token: rebuild from the tail
+            if window.size(1) <= block_size:  # room for the new token
+                chunk, start = nxt, window.size(1) - 1
+            elif model.cfg.family == "llama":  # full: slide the cache, keeping its last `keep` positions
+                model.shift_cache(block_size - keep)
+                window = window[:, -(keep + 1) :]
+                chunk, start = nxt, keep
+            else:  # full: rebuild from the tail
                 window = window[:, -keep:]
                 chunk, start = window, 0
-            else:
-                chunk, start = nxt, window.size(1) - 1
     finally:
         model.clear_cache()
         model.train(was_training)
@@ -257,9 +266,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Continue a prompt with a trained model, streaming the text as it is generated.\n\n"
         "The prompt is run once through the model's key/value cache, then each new token costs\n"
-        "one position. When the text outgrows the context window (block_size), the cache is\n"
-        "rebuilt from the last three quarters of the window, so the model always sees at\n"
-        "least 3/4 of its context; this holds for both families (gpt2 and llama)."
+        "one position. When the text outgrows the context window (block_size), the oldest\n"
+        "quarter of the window is dropped, so the model always sees at least 3/4 of its context:\n"
+        "- llama (rotary positions): the cache slides; the kept keys are turned back, nothing runs again.\n"
+        "- gpt2 (learned positions, which end at block_size): the last 3/4 of the window is re-prefilled."
     )
     p.add_argument(
         "path",

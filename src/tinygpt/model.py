@@ -14,7 +14,8 @@ rename plus two layout changes: GPT-2's Conv1D stores weights transposed, and Ll
 qkv_proj is split into q_proj, k_proj, v_proj.
 
 The model owns an optional KV cache for generation: init_cache(), then forward(idx, start_pos=p)
-with the prompt at p=0 and one token at a time after it.
+with the prompt at p=0 and one token at a time after it; for llama, shift_cache(n) drops the
+oldest n positions when the cache is full.
 """
 
 from __future__ import annotations
@@ -27,6 +28,37 @@ from torch.nn import functional as F
 
 from .common import TinyGPTError
 from .config import ModelConfig
+
+
+def dropout_mask(shape: torch.Size, p: float, device, dtype) -> torch.Tensor:
+    """Dropout's multiplier: 0 with probability p, else 1 / (1 - p), so its expected value is 1.
+
+    torch's own dropout on CPU draws one random number per element through a generic, one at a
+    time path (MKL's fast path is for Intel CPUs only); on the seed model that was a fifth of a
+    training step. Here each 32-bit random word gives two 15-bit numbers (its two halves,
+    masked), about three times faster; p is rounded to a multiple of 1/32768. The words come
+    from torch's default generator, whose state every checkpoint saves.
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()  # uniform on [0, 2^31)
+    numbers = words.view(torch.int16)[:n].view(shape) & 0x7FFF  # uniform on [0, 32768)
+    keep = numbers >= round(p * 32768)
+    return keep.to(dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with dropout_mask's cheaper random numbers on CPU (torch's fused kernels elsewhere)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * dropout_mask(x.shape, self.p, x.device, x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -86,6 +118,7 @@ class KVCache(nn.Module):
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.length = 0  # positions [0, length) hold the last forward pass's keys and values
 
     def update(self, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hs) at positions [start_pos, start_pos + T); return all keys and values so far."""
@@ -93,8 +126,16 @@ class KVCache(nn.Module):
         end = start_pos + T
         self.k[:B, :, start_pos:end] = k
         self.v[:B, :, start_pos:end] = v
+        self.length = end
         # the cache may be kept in a wider dtype than the activations (autocast): hand back theirs
         return self.k[:B, :, :end].to(k.dtype), self.v[:B, :, :end].to(v.dtype)
+
+    def shift(self, n: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Drop positions [0, n) and move [n, length) down to [0, length - n), the keys rotated by cos, sin (hs,)."""
+        kept = self.length - n
+        self.k[:, :, :kept] = apply_rope(self.k[:, :, n : self.length], cos, sin)
+        self.v[:, :, :kept] = self.v[:, :, n : self.length].clone()  # clone: the two ranges overlap
+        self.length = kept
 
 
 class CausalSelfAttention(nn.Module):
@@ -112,7 +153,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.out_dim = self.n_head * self.head_dim  # may differ from n_embd: the output projection maps it back
         self.dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = Dropout(cfg.dropout)  # on the attention weights: attend_with_dropout
+        self.resid_dropout = Dropout(cfg.dropout)
         self.cache: KVCache | None = None
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,7 +180,9 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout_p = self.dropout if self.training else 0.0
-        if not start_pos:  # queries and keys start at the same position: the plain lower triangle
+        if dropout_p > 0 and q.device.type == "cpu" and start_pos is None:
+            y = self.attend_with_dropout(q, k, v)
+        elif not start_pos:  # queries and keys start at the same position: the plain lower triangle
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif T == 1:  # one new token sees every key so far: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -146,6 +190,18 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return y.transpose(1, 2).contiguous().view(B, T, self.out_dim)  # (B, nh, T, hs) -> (B, T, nh * hs)
+
+    def attend_with_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Training attention on CPU, spelled out so the weights take Dropout's cheaper masks.
+
+        The same computation as scaled_dot_product_attention(is_causal=True, dropout_p=p), whose
+        CPU kernel draws torch's own dropout numbers (the slow path described in dropout_mask).
+        """
+        T = q.size(2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        return self.attn_dropout(att) @ v  # (B, nh, T, hs)
 
 
 class GPT2Attention(CausalSelfAttention):
@@ -183,7 +239,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias_mlp)
         self.act = nn.GELU(approximate="tanh") if cfg.activation == "gelu" else nn.ReLU()
         self.c_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias_mlp)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -197,7 +253,7 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
@@ -251,7 +307,7 @@ class GPT(nn.Module):
             self.transformer = nn.ModuleDict({
                 "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),  # token embeddings
                 "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),  # learned position embeddings
-                "drop": nn.Dropout(cfg.dropout),
+                "drop": Dropout(cfg.dropout),
                 "h": nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
                 "ln_f": nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps),
             })
@@ -259,7 +315,7 @@ class GPT(nn.Module):
         else:
             self.model = nn.ModuleDict({
                 "embed_tokens": nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                "drop": nn.Dropout(cfg.dropout),
+                "drop": Dropout(cfg.dropout),
                 "layers": nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)]),
                 "norm": RMSNorm(cfg.n_embd, cfg.norm_eps),
             })
@@ -372,6 +428,27 @@ class GPT(nn.Module):
         # One row against a (V, C) matrix reads it across its rows; a (C, V) copy is read in
         # order, about 3x faster on CPUs for the (288 x 32000) head of a 15M model.
         self.head_t = self.lm_head.weight.detach().t().contiguous().to(dtype)
+
+    def shift_cache(self, n: int) -> None:
+        """Drop the oldest n cached positions (llama only); decoding goes on at start_pos = length - n.
+
+        This slides the window without running anything again. A rotary key carries its
+        position as a rotation, so each kept key is turned back by n positions (angle -n*theta_i)
+        and the kept positions become [0, length - n). A query's scores depend only on its
+        distance to each key, so a query at the new position scores the kept keys as it would
+        have at the old one. GPT-2 added its learned positions to the input of the first layer,
+        which no rotation undoes: re-prefill it instead.
+        """
+        if self.cfg.family == "gpt2":
+            raise TinyGPTError("a GPT-2 KV cache cannot slide (learned positions): re-prefill the last window")
+        if self.cache_size is None:
+            raise TinyGPTError("shift_cache() needs a KV cache: call init_cache() first")
+        caches = [attn.cache for attn in self._attention_layers()]
+        if not 0 <= n <= caches[0].length:
+            raise TinyGPTError(f"cannot drop {n} positions from a KV cache holding {caches[0].length}")
+        cos, sin = self.rope_cos[n], -self.rope_sin[n]  # cos(-a) = cos(a), sin(-a) = -sin(a)
+        for cache in caches:
+            cache.shift(n, cos, sin)
 
     def clear_cache(self) -> None:
         """Free the KV cache; forward() without start_pos never uses it anyway."""
