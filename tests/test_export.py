@@ -206,6 +206,17 @@ def test_cli_exports_a_run(char_tokenizer, tmp_path, tinygpt_command):
     assert "| training steps | 40 |" in card and "| validation bits per byte | 2.3450 |" in card and "CDLA" in card
 
 
+def test_the_card_names_the_data_recorded_by_prepare(char_tokenizer, tmp_path):
+    from tinygpt.cli import main
+
+    model = GPT(tiny_config(char_tokenizer.vocab_size, family="gpt2"))
+    save_run(tmp_path / "run", model, char_tokenizer)
+    (tmp_path / "run" / "data").mkdir()
+    (tmp_path / "run" / "data" / "manifest.json").write_text('{"format_version": 1, "source": "tinystories"}')
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert "CDLA-Sharing-1.0" in (tmp_path / "hf" / "README.md").read_text()
+
+
 def test_cli_refuses_the_seed_model_in_one_line(char_tokenizer, tmp_path, tinygpt_command):
     seed_shaped = ModelConfig(family="gpt2", vocab_size=char_tokenizer.vocab_size, block_size=64, n_embd=64,
                               n_layer=1, n_head=6, head_size=64, bias_head=True, tie_weights=False)

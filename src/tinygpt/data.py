@@ -52,7 +52,7 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a prepared folder, checked for the format version this code writes.
 
     Layout: {"format_version", "dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_hash",
-    "source_bytes", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
+    "source_bytes", optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
     "text_bytes", "unknown"}}}
     """
     folder = Path(folder)
@@ -499,8 +499,11 @@ def prepare(
     tokenizer_from: str | None = None,
     force: bool = False,
     progress: bool = True,
+    source: str | None = None,
 ) -> dict:
     """Encode `inputs` (and the validation input `val`) into a prepared folder `out`; return its manifest.
+
+    `source` names the data (e.g. "tinystories") for model cards, which then carry its licence.
 
     The folder is built under a temporary name beside `out` and renamed when complete. An
     existing `out` is replaced only with `force`, and only if it is a prepared folder itself.
@@ -539,6 +542,8 @@ def prepare(
             "source_bytes": source_bytes,
             "splits": splits,
         }
+        if source:
+            manifest["source"] = source
         used = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=tokenizer.vocab_size))
         atomic_write_bytes(tmp / "config.toml", dump_toml(used).encode())  # with the vocabulary size it got
         atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks the folder complete
@@ -637,6 +642,9 @@ def add_prepare_arguments(p) -> None:
     p.add_argument("--val", metavar="FILE", help="validation documents (default: hold out data.val_fraction)")
     p.add_argument("--tokenizer-from", metavar="FOLDER", help="reuse the tokenizer of a prepared or tokenizer folder")
     p.add_argument("--force", action="store_true", help="replace OUT if it already holds prepared data")
+    p.add_argument(
+        "--source", metavar="NAME", help="what the data is, for model cards: 'tinystories' (set when downloaded) or a description"
+    )
     short = p.add_argument_group("shortcuts for config keys")
     short.add_argument("--tokenizer", dest="tokenizer_kind", choices=["char", "bpe", "sentencepiece"], help="tokenizer.kind")
     short.add_argument("--vocab-size", metavar="N", help="tokenizer.vocab_size")
@@ -662,11 +670,13 @@ def run_prepare(args) -> int:
         if val:
             raise TinyGPTError("--val does not apply to 'tinystories' (its validation file is used)")
         train_file, valid_file = download_tinystories(args.ts_version or "v1", args.cache, args.base_url, args.files)
-        inputs, val = [str(train_file)], str(valid_file)
+        inputs, val, args.source = [str(train_file)], str(valid_file), args.source or "tinystories"
     elif any(option is not None for option in download_options):
         raise TinyGPTError("--version, --cache, --base-url and --files only apply to the input 'tinystories'")
     start = time.perf_counter()
-    manifest = prepare(inputs, args.out, cfg, val=val, tokenizer_from=args.tokenizer_from, force=args.force)
+    manifest = prepare(
+        inputs, args.out, cfg, val=val, tokenizer_from=args.tokenizer_from, force=args.force, source=args.source
+    )
     print(summary(manifest, Path(args.out), time.perf_counter() - start))
     return 0
 

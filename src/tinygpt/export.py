@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from .checkpoint import BEST, find_checkpoint, load_model, read_progress
-from .common import TinyGPTError
+from .common import TinyGPTError, read_json
 from .config import ModelConfig
+from .data import MANIFEST
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 # ---------------------------------------------------------------- the model card's facts
@@ -424,13 +425,22 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
 
 
+def _recorded_source(data_dir: str | None) -> str | None:
+    """What `tinygpt prepare --source` (or its TinyStories download) recorded about the training data."""
+    manifest = Path(data_dir or "") / MANIFEST
+    if not data_dir or not manifest.is_file():
+        return None
+    return read_json(manifest, "prepared-data manifest").get("source")
+
+
 def run_export(args: argparse.Namespace) -> int:
     folder = find_checkpoint(args.source)
     progress = read_progress(folder)
     model, tokenizer = load_model(folder)
+    dataset = args.dataset or _recorded_source(progress.get("data"))
     info = CardInfo(
         name=args.name or Path(args.out_dir).resolve().name,
-        dataset=args.dataset,
+        dataset=dataset,
         steps=progress.get("step"),
         tokens=progress.get("tokens"),
         # a run's best/ holds the weights of its best validation score; a step checkpoint's weights may be others
@@ -438,7 +448,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     out = export_hf(model, model.cfg, tokenizer, args.out_dir, info, args.overwrite)
     print(f"exported {folder} to {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
-    if args.dataset is None:
+    if dataset is None:
         print(
             f"tinygpt export: note: the model card does not name the training data (this run read {progress.get('data')}): "
             "pass --dataset to add it",
