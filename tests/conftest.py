@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinygpt.config import load_config
 from tinygpt.data import prepare, split_documents
@@ -16,6 +17,15 @@ from tinygpt.data import prepare, split_documents
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TINYSTORIES = SHARED / "data" / "tinystories"
 SEPARATOR = "<|endoftext|>\n"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run fastest on one thread: more only contend for the cores (subprocesses set their own)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

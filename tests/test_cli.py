@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,8 +10,9 @@ from tinygpt.cli import COMMANDS, build_parser
 from tinygpt.config import load_config, preset_names
 
 
-def tinygpt(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, text=True, timeout=120, **kwargs)
+@pytest.fixture
+def tinygpt(tinygpt_command):
+    return tinygpt_command.run
 
 
 def test_every_command_is_wired():
@@ -19,7 +21,7 @@ def test_every_command_is_wired():
     assert sorted(subparsers.choices) == sorted(name for name, _, _ in COMMANDS)
 
 
-def test_top_level_help_lists_commands():
+def test_top_level_help_lists_commands(tinygpt):
     result = tinygpt("--help")
     assert result.returncode == 0
     for name, _, _ in COMMANDS:
@@ -27,13 +29,13 @@ def test_top_level_help_lists_commands():
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in COMMANDS])
-def test_command_help(name):
+def test_command_help(name, tinygpt):
     result = tinygpt(name, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: tinygpt " + name in result.stdout
 
 
-def test_presets_list_and_resolve():
+def test_presets_list_and_resolve(tinygpt):
     result = tinygpt("presets")
     assert result.returncode == 0
     for name in preset_names():
@@ -55,7 +57,7 @@ def test_presets_list_and_resolve():
         (["stray"], "stray"),
     ],
 )
-def test_bad_overrides_are_one_line_errors(args, message):
+def test_bad_overrides_are_one_line_errors(args, message, tinygpt):
     result = tinygpt("presets", "tiny", *args)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -63,7 +65,7 @@ def test_bad_overrides_are_one_line_errors(args, message):
     assert message in result.stderr
 
 
-def test_unknown_preset_and_bad_toml(tmp_path):
+def test_unknown_preset_and_bad_toml(tmp_path, tinygpt):
     result = tinygpt("presets", "no-such-preset")
     assert result.returncode != 0 and "unknown preset" in result.stderr
     bad = tmp_path / "bad.toml"
@@ -85,6 +87,8 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     assert load_config(str(path)) == cfg
 
 
-def test_python_dash_m_and_console_script_agree():
-    result = tinygpt("--version")
-    assert result.returncode == 0 and result.stdout.startswith("tinygpt ")
+def test_python_dash_m_and_console_script_agree(tinygpt):
+    module = tinygpt("--version")
+    script = subprocess.run([Path(sys.executable).with_name("tinygpt"), "--version"], capture_output=True, text=True, check=False)
+    assert module.returncode == script.returncode == 0
+    assert module.stdout == script.stdout and module.stdout.startswith("tinygpt ")

@@ -29,15 +29,6 @@ BLOCK = 32
 UNICODE_TEXT = "Lily saw a 🐶 and said “¡Olé!” — the café’s crème brûlée 😀👍🏽 was naïve."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls are fastest on one thread; more only contend for the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def stories(text_files) -> list[str]:
     text = text_files[0].read_text(encoding="utf-8")[:100_000]
