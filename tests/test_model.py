@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig
-from tinygpt.model import GPT, RMSNorm, apply_rope, rope_cache
+from tinygpt.model import GPT, RMSNorm, apply_rope, dropout_mask, rope_cache
 
 V = 48
 
@@ -216,6 +216,25 @@ def test_dropout_only_while_training():
     torch.testing.assert_close(model(idx)[0], model(idx)[0], atol=0, rtol=0)
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_dropout_mask_keeps_one_minus_p_and_has_mean_one():
+    torch.manual_seed(0)
+    mask = dropout_mask(torch.Size([500, 401]), 0.2, "cpu", torch.float32)  # odd count: half a word left over
+    kept = mask > 0
+    assert set(mask.unique().tolist()) == {0.0, 1.25}
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert abs(kept[:, 0::2].float().mean().item() - kept[:, 1::2].float().mean().item()) < 0.01  # both halves
+    assert abs(mask.mean().item() - 1.0) < 0.01
+
+
+def test_spelled_out_training_attention_matches_sdpa():
+    model = make(tiny(dropout=0.1))
+    attn = model._attention_layers()[0]
+    q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)  # (B, nh, T, hs) each
+    attn.attn_dropout.eval()  # dropout off: the rest of the computation must be SDPA's
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(attn.attend_with_dropout(q, k, v), expected)
 
 
 # ----------------------------------------------------------------------------- KV cache

@@ -1,0 +1,168 @@
+"""The ten-minute CPU speedrun: train for a fixed wall-clock time, then bits per byte over ALL of valid.
+
+usage: python bench/speedrun.py [--minutes 10] [--only seed,cpu-10min,recipe] [--threads 2]
+                                [--workdir DIR] [--set KEY=VALUE ...]
+
+For each preset asked for (`seed`, `cpu-10min`):
+  1. `tinygpt prepare train.txt --val valid.txt --config PRESET` (the preset's tokenizer);
+  2. `tinygpt train --config PRESET --max-time Nm --train.threads T`: the budget covers
+     everything the trainer does (its calibration, periodic evaluations and checkpoints);
+  3. the final checkpoint (not best/, which was picked on validation data) evaluated with
+     tinygpt.evaluate.evaluate(max_windows=0): bits summed over every target token of the
+     validation shards / the UTF-8 bytes those tokens stand for. With the char tokenizer the
+     handful of validation characters missing from train.txt are <unk>, one byte each.
+`recipe` runs ../shared/baselines/seed_recipe.py --seconds 60*N and takes its own val_bpb (its
+timed loop excludes its data preparation and its final evaluation).
+--set KEY=VALUE passes config overrides to the tinygpt presets (for research runs).
+Parts run one after another, never side by side: on 2 cores they would slow each other down.
+Prints JSON lines: one per part, then a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TRAIN = SHARED / "data" / "tinystories" / "train.txt"
+VALID = SHARED / "data" / "tinystories" / "valid.txt"
+SEED_RECIPE = SHARED / "baselines" / "seed_recipe.py"
+PARTS = ("seed", "cpu-10min", "recipe")
+
+
+def emit(record: dict) -> None:
+    record["load_average_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(record), flush=True)
+
+
+def tinygpt(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tinygpt", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # failures reported below
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def exact_bpb(run_dir: Path, data_dir: Path) -> dict:
+    """Bits per byte of the run's last checkpoint over every validation token."""
+    import torch
+
+    from tinygpt import checkpoint as ckpt
+    from tinygpt.evaluate import evaluate
+    from tinygpt.loader import ShardSet
+
+    final = ckpt.latest_checkpoint(run_dir)
+    model, tokenizer = ckpt.load_model(final)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes())
+    result = evaluate(model, ShardSet(data_dir, "val"), token_bytes, model.cfg.block_size, batch_size=64, max_windows=0)
+    return {"checkpoint": final.name, **result}
+
+
+def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides: list[str]) -> dict:
+    sets = [arg for kv in overrides for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
+    tokenizer_sets = "".join(f"-{kv}" for kv in overrides if kv.startswith("tokenizer."))  # data made with them
+    data, run = workdir / f"data-{name}{tokenizer_sets}", workdir / f"run-{name}"
+    if not (data / "manifest.json").is_file():
+        tinygpt("prepare", str(TRAIN), "--val", str(VALID), "--out", str(data), "--config", name, *sets)
+    start = time.perf_counter()
+    tinygpt(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--config",
+        name,
+        "--max-time",
+        f"{minutes * 60:g}s",
+        "--train.threads",
+        str(threads),
+        "--train.sample_tokens",
+        "0",
+        *sets,
+    )
+    wall_s = time.perf_counter() - start  # includes start-up and the end-of-run plot, outside the budget
+    train_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in train_rows if r["kind"] == "train"]
+    result = exact_bpb(run, data)
+    return {
+        "part": name,
+        "minutes": minutes,
+        "threads": threads,
+        "overrides": overrides,
+        "steps": train_rows[-1]["step"],
+        "tokens": train_rows[-1]["tokens"],
+        "wall_s": round(wall_s, 1),
+        "val_bpb": round(result["bpb"], 4),
+        "val_tokens": result["tokens"],
+        "val_bytes": result["bytes"],
+    }
+
+
+def run_recipe(minutes: float, threads: int) -> dict:
+    command = [
+        sys.executable,
+        str(SEED_RECIPE),
+        str(TRAIN),
+        str(VALID),
+        "--seconds",
+        str(minutes * 60),
+        "--iters",
+        "1000000000",
+        "--threads",
+        str(threads),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    final = next(json.loads(line) for line in out.splitlines() if line.startswith("{") and '"final"' in line)
+    return {
+        "part": "recipe",
+        "minutes": minutes,
+        "threads": threads,
+        "steps": final["iters"],
+        "tokens": final["iters"] * 32 * 64,
+        "tokens_per_s": final["tokens_per_s"],
+        "val_bpb": final["val_bpb"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", help="where data and runs go (default: a temporary folder, removed at the end)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the tinygpt presets, e.g. --set model.dropout=0.1",
+    )
+    args = p.parse_args()
+    parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"--only: unknown parts {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        summary = {"summary": "speedrun", "minutes": args.minutes, "threads": args.threads}
+        for part in parts:
+            if part == "recipe":
+                record = run_recipe(args.minutes, args.threads)
+            else:
+                record = run_preset(part, args.minutes, args.threads, workdir, args.set)
+            emit(record)
+            summary[f"{part}_val_bpb"] = record["val_bpb"]
+        emit(summary)
+
+
+if __name__ == "__main__":
+    main()
