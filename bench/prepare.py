@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -31,14 +30,10 @@ from pathlib import Path
 
 import psutil
 
+from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import load_config
 from tinygpt.data import available_cpus, prepare, split_documents
 from tinygpt.tokenizers import ENCODE_SLICE_CHARS
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TRAIN = SHARED / "data" / "tinystories" / "train.txt"
-VALID = SHARED / "data" / "tinystories" / "valid.txt"
-SEED_RECIPE = SHARED / "baselines" / "seed_recipe.py"
 
 
 def parse_size(text: str) -> int:
@@ -54,11 +49,6 @@ def make_corpus(folder: Path, size: int) -> Path:
         with open(path, "wb") as f:
             f.writelines(block for _ in range(-(-size // len(block))))
     return path
-
-
-def emit(record: dict) -> None:
-    record["load_average_1m"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(record), flush=True)
 
 
 def measure(command: list) -> dict:

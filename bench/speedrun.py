@@ -22,23 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TRAIN = SHARED / "data" / "tinystories" / "train.txt"
-VALID = SHARED / "data" / "tinystories" / "valid.txt"
-SEED_RECIPE = SHARED / "baselines" / "seed_recipe.py"
+from baseline import TRAIN, VALID, emit, run_seed_recipe
+
 PARTS = ("seed", "cpu-10min", "recipe")
-
-
-def emit(record: dict) -> None:
-    record["load_average_1m"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(record), flush=True)
 
 
 def tinygpt(*args: str) -> subprocess.CompletedProcess:
@@ -106,20 +98,7 @@ def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides
 
 
 def run_recipe(minutes: float, threads: int) -> dict:
-    command = [
-        sys.executable,
-        str(SEED_RECIPE),
-        str(TRAIN),
-        str(VALID),
-        "--seconds",
-        str(minutes * 60),
-        "--iters",
-        "1000000000",
-        "--threads",
-        str(threads),
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    final = next(json.loads(line) for line in out.splitlines() if line.startswith("{") and '"final"' in line)
+    final = run_seed_recipe(minutes * 60, threads)
     return {
         "part": "recipe",
         "minutes": minutes,

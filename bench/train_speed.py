@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,34 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TRAIN = SHARED / "data" / "tinystories" / "train.txt"
-VALID = SHARED / "data" / "tinystories" / "valid.txt"
-SEED_RECIPE = SHARED / "baselines" / "seed_recipe.py"
+from baseline import TRAIN, VALID, emit, run_seed_recipe
+
 WARMUP_STEPS = 3
 
 
-def emit(record: dict) -> None:
-    record["load_average_1m"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(record), flush=True)
-
-
 def run_recipe(seconds: float, threads: int) -> dict:
-    """The seed recipe in its own process; its last JSON line (with "final") carries tokens_per_s."""
-    command = [
-        sys.executable,
-        str(SEED_RECIPE),
-        str(TRAIN),
-        str(VALID),
-        "--seconds",
-        str(seconds),
-        "--iters",
-        "1000000",
-        "--threads",
-        str(threads),
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    final = next(json.loads(line) for line in out.splitlines() if line.startswith("{") and '"final"' in line)
+    final = run_seed_recipe(seconds, threads)
     return {"tokens_per_s": final["tokens_per_s"], "steps": final["iters"], "train_s": final["train_s"]}
 
 
