@@ -44,7 +44,7 @@ def tokens(folder: Path, split: str) -> np.ndarray:
 
 def leftovers(out: Path) -> list[Path]:
     """Temporary or set-aside folders of `out` that a run left behind."""
-    return sorted(out.parent.glob(f"{out.name}.*"))
+    return sorted(out.parent.glob(f".{out.name}.*"))
 
 
 def write_txt(path: Path, docs: list[str]) -> Path:
@@ -278,14 +278,14 @@ def test_killed_or_interrupted_prepare_leaves_nothing_finished(bpe_prepared, tra
     while waiting:  # signal each run as soon as it has written its first shard
         for name, (process, sig, _) in list(waiting.items()):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            if list(tmp_path.glob(f"{name}.tmp-*/train_000000.bin")):
+            if list(tmp_path.glob(f".{name}.*.tmp/train_000000.bin")):
                 os.kill(process.pid, sig)
                 del waiting[name]
         time.sleep(0.02)
     for process, sig, out in runs.values():
         _, stderr = process.communicate(timeout=60)
         assert not out.exists()
-        assert not list(tmp_path.glob(f"{name}*/{data.MANIFEST}"))
+        assert not list(tmp_path.glob(f".{out.name}*/{data.MANIFEST}"))
         if sig == signal.SIGINT:  # a clean stop removes its temporary folder too
             assert process.returncode == 130 and stderr.strip() == "tinygpt prepare: interrupted"
             assert leftovers(out) == []

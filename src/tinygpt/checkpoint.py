@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
 import shutil
@@ -32,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .common import TinyGPTError, read_json
+from .common import TinyGPTError, atomic_folder, read_json
 from .config import Config, ModelConfig, load_config
 
 FORMAT_VERSION = 1
@@ -186,10 +185,7 @@ def save_checkpoint(folder: str | Path, state: dict, config_toml: str, tokenizer
     each saved with save_tree).
     """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a writer that was killed
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         save_weights(state["model"], tmp / WEIGHTS)
         if "optimizer" in state:
             save_tree(tmp / OPTIMIZER, state["optimizer"])
@@ -198,44 +194,8 @@ def save_checkpoint(folder: str | Path, state: dict, config_toml: str, tokenizer
         (tmp / STATE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state["progress"]}, indent=2) + "\n")
         (tmp / CONFIG).write_text(config_toml, encoding="utf-8")
         shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
-        _fsync_tree(tmp)
-        (tmp / MARKER).write_text("")
-        _fsync(tmp / MARKER)
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / MARKER).write_text("")  # last: a folder without it is never read
     return folder
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file to disk before the marker says they are complete."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Rename tmp to folder. A folder cannot be renamed over a non-empty one, so an existing
-    one (best/, rewritten at each new best) is first moved aside, then deleted."""
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-    if os.name == "posix":  # make the rename itself durable
-        _fsync(folder.parent)
 
 
 # ---------------------------------------------------------------- finding checkpoints

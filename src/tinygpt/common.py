@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import re
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -49,6 +54,56 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """Build a folder under a hidden temporary name beside `out`, then put it in place whole.
+
+    Yields the temporary folder to fill. When the block
+    ends normally every file in it is flushed to disk, the folder is renamed to `out` (an
+    existing `out` is first moved aside, then deleted: a folder cannot be renamed over a
+    non-empty one) and the parent folder is flushed, so the rename itself survives a power
+    cut. When the block raises, the temporary folder is deleted and `out` is untouched.
+    A crash leaves either the old `out` or the new one, never half of one; at worst a
+    `.NAME.*.tmp` sibling, which the next writer of `out` removes.
+
+    Raises OSError (a full disk, no permission) from the file system, after cleaning up.
+    """
+    out = Path(out).resolve()  # also gives "." a name for the sibling
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # left by a writer that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()  # not tempfile.mkdtemp: its private mode would end up on the folder
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync_path(path)
+        fsync_path(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_path(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file, or a folder's entries, to disk (folders only on POSIX, where they can be opened)."""
+    if os.name != "posix" and Path(path).is_dir():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

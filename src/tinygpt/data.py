@@ -1,9 +1,8 @@
 """Text in, token shards out: streaming document readers, parallel encoding, shard files and their manifest.
 
 A prepared folder holds `manifest.json`, `config.toml`, `tokenizer/` and `.bin` shards (raw
-little-endian uint16 or uint32 token ids, end-of-text after every document). Everything is
-written into a temporary sibling folder that is renamed to its final name when complete, so an
-interrupted run leaves nothing that looks finished.
+little-endian uint16 or uint32 token ids, end-of-text after every document), written whole by
+`common.atomic_folder`, so an interrupted run leaves nothing that looks finished.
 
 The pipeline: the main process reads each input in chunks of about CHUNK_BYTES, cut where
 documents end, splits them into documents and divides those into train and validation; worker
@@ -21,8 +20,6 @@ import glob
 import json
 import multiprocessing
 import os
-import secrets
-import shutil
 import signal
 import threading
 import time
@@ -36,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import TinyGPTError, atomic_write_bytes, atomic_write_json, read_json
+from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json, read_json
 from .config import Config, dump_toml, load_config
 from .tokenizers import EOT_SEPARATOR, EOT_TEXT, META_FILE, Tokenizer, load_tokenizer, train_tokenizer
 
@@ -515,10 +512,7 @@ def prepare(
     source_bytes = sum(p.stat().st_size for p in train_paths + val_paths)
     if not sum(p.stat().st_size for p in train_paths):
         raise TinyGPTError(f"the input is empty: {', '.join(map(str, train_paths))}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()  # not tempfile.mkdtemp: its private mode would end up on the prepared folder
-    try:
+    with atomic_folder(out) as tmp:
         tokenizer = obtain_tokenizer(cfg, train_paths, val_paths, tokenizer_from)
         tokenizer.save(tmp / "tokenizer")
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
@@ -547,11 +541,7 @@ def prepare(
         used = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=tokenizer.vocab_size))
         atomic_write_bytes(tmp / "config.toml", dump_toml(used).encode())  # with the vocabulary size it got
         atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks the folder complete
-        _check_out(out, force)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _check_out(out, force)  # again: something may have appeared there meanwhile
     return manifest
 
 
@@ -589,19 +579,6 @@ def _check_out(out: Path, force: bool) -> None:
         raise TinyGPTError(f"{out} exists and is not a prepared-data folder: choose another --out")
     if not force:
         raise TinyGPTError(f"{out} already holds prepared data: use --force to replace it")
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Rename `new` to `out`; an existing `out` is moved aside first and deleted after."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    old = None
-    if out.exists():
-        old = new.with_name(new.name.replace(".tmp-", ".old-"))
-        out.rename(old)
-    new.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _say(message: str) -> None:

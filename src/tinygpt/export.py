@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import torch
 from torch import nn
 
 from .checkpoint import BEST, find_checkpoint, load_model, read_progress
-from .common import TinyGPTError, read_json
+from .common import TinyGPTError, atomic_folder, read_json
 from .config import ModelConfig
 from .data import MANIFEST
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
@@ -367,10 +364,7 @@ def _as_bytes(data) -> bytes:
 
 
 def _write_folder(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
-    """Fill a hidden temporary folder beside `out`, then rename it into place.
-
-    An interrupted export leaves no half-written `out`, only a `.NAME.*.tmp` folder.
-    """
+    """Write `files` as the folder `out`, all or nothing (common.atomic_folder)."""
     if out.exists():
         if not out.is_dir():
             raise TinyGPTError(f"{out} exists and is not a folder")
@@ -380,25 +374,9 @@ def _write_folder(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
         foreign = sorted(set(present) - set(EXPORT_FILES))
         if foreign:
             raise TinyGPTError(f"refusing to replace {out}: it holds files an export does not write ({', '.join(foreign[:3])})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+    with atomic_folder(out) as tmp:
         for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / name).write_bytes(data)
 
 
 # ---------------------------------------------------------------- `tinygpt export`
