@@ -60,16 +60,6 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def print0(*args, **kwargs) -> None:
-    """print() on rank 0 only: N processes would otherwise say everything N times."""
-    if is_main_process():
-        print(*args, **kwargs)
-
-
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
