@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,27 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .common import TinyGPTError
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """What a model family allows and implies in a ModelConfig.
+
+    Kept here, torch-free, so that any command checks a config without loading torch; each
+    family's modules are built in model.py, under the same name.
+    """
+
+    grouped_query: bool  # may have fewer key/value heads than query heads (model.n_kv_head)
+    rotary: bool  # rotary positions turn pairs of channels, so the head size must be even
+    mlp_hidden: Callable[[int], int]  # n_embd -> the MLP's hidden width when model.mlp_hidden is 0
+
+
+FAMILY_RULES = {
+    "gpt2": FamilyRules(grouped_query=False, rotary=False, mlp_hidden=lambda n_embd: 4 * n_embd),
+    # SwiGLU has three matrices where GPT-2's MLP has two: 2/3 of the width keeps the parameter
+    # count, rounded up to a multiple of 32
+    "llama": FamilyRules(grouped_query=True, rotary=True, mlp_hidden=lambda n_embd: -(-int(2 * 4 * n_embd / 3) // 32) * 32),
+}
 
 
 @dataclass
@@ -44,7 +66,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        _check(self.family in ("gpt2", "llama"), "model.family", "must be 'gpt2' or 'llama'")
+        _check(self.family in FAMILY_RULES, "model.family", f"must be {' or '.join(map(repr, FAMILY_RULES))}")
+        rules = FAMILY_RULES[self.family]
         _check(self.activation in ("gelu", "relu"), "model.activation", "must be 'gelu' or 'relu'")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _check(getattr(self, name) > 0, f"model.{name}", "must be positive")
@@ -56,9 +79,10 @@ class ModelConfig:
             f"{self.n_head} heads do not divide n_embd={self.n_embd} (or set model.head_size)",
         )
         if self.n_kv_head:
-            _check(self.family == "llama", "model.n_kv_head", "grouped-query attention is for the llama family")
+            grouped = " or ".join(name for name, family in FAMILY_RULES.items() if family.grouped_query)
+            _check(rules.grouped_query, "model.n_kv_head", f"grouped-query attention is for the {grouped} family")
             _check(self.n_head % self.n_kv_head == 0, "model.n_kv_head", f"must divide n_head={self.n_head}")
-        if self.family == "llama":
+        if rules.rotary:
             _check(self.head_dim % 2 == 0, "model.head_size", "rotary embeddings need an even head size")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
@@ -72,11 +96,7 @@ class ModelConfig:
 
     @property
     def hidden_dim(self) -> int:
-        if self.mlp_hidden:
-            return self.mlp_hidden
-        if self.family == "llama":
-            return -(-int(2 * 4 * self.n_embd / 3) // 32) * 32
-        return 4 * self.n_embd
+        return self.mlp_hidden or FAMILY_RULES[self.family].mlp_hidden(self.n_embd)
 
 
 @dataclass
