@@ -108,10 +108,11 @@ def generate_ids(
     The prompt runs once through the KV cache (only its last block_size tokens if longer),
     then each step runs just the new token. When the context is full, room is made for the
     next quarter of the window, keeping the last `context_keep(block_size)` positions:
-    - llama slides its cache (`GPT.shift_cache`): nothing runs again, and the kept keys and
-      values stay as they were computed, with the older context, as in a sliding window.
-    - gpt2 runs those last tokens through the model again from position 0, since its
-      learned positions end at block_size.
+    - "slide" (llama's rotary positions, `GPT.cache_past_context`): the cache slides
+      (`GPT.shift_cache`), nothing runs again, and the kept keys and values stay as they were
+      computed, with the older context, as in a sliding window.
+    - "reprefill" (gpt2's learned positions, which end at block_size): those last tokens run
+      through the model again from position 0.
     So the model always sees between three quarters of and its whole context.
 
     Stop early by closing the iterator (or leaving a `for` loop over it); the cache is
@@ -133,7 +134,7 @@ def generate_ids(
             window = torch.cat((window, nxt), dim=1)
             if window.size(1) <= block_size:  # room for the new token
                 chunk, start = nxt, window.size(1) - 1
-            elif model.cfg.family == "llama":  # full: slide the cache, keeping its last `keep` positions
+            elif model.cache_past_context == "slide":  # full: slide the cache, keeping its last `keep` positions
                 model.shift_cache(block_size - keep)
                 window = window[:, -(keep + 1) :]
                 chunk, start = nxt, keep

@@ -9,13 +9,18 @@
 Dropout (training only) sits in the same four places in both families, as in llama2.c:
 the embeddings, the attention weights, the attention output and the MLP output.
 
+Each family is one class (GPT2Model, LlamaModel: its parts, chosen once) and one entry in
+FAMILIES; GPT asks the family for what differs and never tests the name. Its config rules
+are in config.FAMILY_RULES, which needs no torch.
+
 Parameter names are Hugging Face's (GPT2LMHeadModel, LlamaForCausalLM), so export is a
 rename plus two layout changes: GPT-2's Conv1D stores weights transposed, and Llama's fused
 qkv_proj is split into q_proj, k_proj, v_proj.
 
 The model owns an optional KV cache for generation: init_cache(), then forward(idx, start_pos=p)
-with the prompt at p=0 and one token at a time after it; for llama, shift_cache(n) drops the
-oldest n positions when the cache is full.
+with the prompt at p=0 and one token at a time after it. When the cache is full, rotary
+positions let shift_cache(n) drop the oldest n positions; learned ones cannot, and the last
+tokens run again instead (GPT.cache_past_context says which).
 """
 
 from __future__ import annotations
@@ -291,6 +296,149 @@ class LlamaBlock(nn.Module):
         return x
 
 
+class LearnedPositions(nn.Embedding):
+    """GPT-2's position encoding: a learned vector per position, (block_size, C), added to the token embeddings.
+
+    The table ends at block_size, and the positions enter with the first layer's input, which
+    no later change to the cache can undo: a KV cache can neither outgrow block_size nor slide.
+    Past the context, generation runs the last tokens again from position 0.
+    """
+
+    cache_past_context = "reprefill"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.block_size, cfg.n_embd)
+
+    # forward(pos): position ids (T,) -> their vectors (T, C), nn.Embedding's own
+
+    def reserve(self, max_len: int) -> None:
+        """Refuse a KV cache for positions past the table."""
+        if max_len > self.num_embeddings:
+            raise TinyGPTError(f"a GPT-2 KV cache cannot outgrow block_size={self.num_embeddings} (asked for {max_len})")
+
+    def check_end(self, end: int) -> None:
+        """Refuse positions [.., end) when the last is past the table."""
+        if end > self.num_embeddings:
+            raise TinyGPTError(
+                f"position {end - 1} is past block_size={self.num_embeddings}, where GPT-2's learned positions end: "
+                "re-prefill the last window"
+            )
+
+    def slide(self, caches: list[KVCache], n: int) -> None:
+        raise TinyGPTError("a GPT-2 KV cache cannot slide (learned positions): re-prefill the last window")
+
+
+class RotaryPositions(nn.Module):
+    """Llama's position encoding: nothing learned; attention turns q and k by each position's angles.
+
+    The cos and sin tables (buffers, never in a state_dict) cover block_size positions and are
+    extended on demand, so a KV cache may run past block_size. And since a query's score with a
+    key depends only on their distance, a full cache slides: see slide().
+    """
+
+    cache_past_context = "slide"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head_dim, self.theta = cfg.head_dim, cfg.rope_theta
+        cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)  # (block_size, hs)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids (T,) -> cos, sin (T, hs): the rotation at each position, for apply_rope."""
+        return self.cos[pos], self.sin[pos]
+
+    def reserve(self, max_len: int) -> None:
+        """Extend the tables to cover positions [0, max_len)."""
+        if max_len > self.cos.size(0):
+            cos, sin = rope_cache(self.head_dim, max_len, self.theta)
+            self.cos, self.sin = cos.to(self.cos), sin.to(self.sin)
+
+    def check_end(self, end: int) -> None:
+        """Any position is fine: the KV cache's length is the only limit."""
+
+    def slide(self, caches: list[KVCache], n: int) -> None:
+        """Drop each cache's oldest n positions, turning the kept keys back by n positions (angle -n*theta_i)."""
+        cos, sin = self.cos[n], -self.sin[n]  # cos(-a) = cos(a), sin(-a) = -sin(a)
+        for cache in caches:
+            cache.shift(n, cos, sin)
+
+
+class Family(nn.Module):
+    """A model family: its trunk, everything between the token ids and the output layer.
+
+    Each subclass chooses the family's parts once (token embedding, position encoding, block,
+    final norm) under Hugging Face's names, so that state dicts map 1:1, and FAMILIES below
+    names it. GPT asks it for what differs and never tests model.family. A subclass gives:
+    - prefix: its attribute in Hugging Face's model, so the first part of its parameter names
+    - the attribute names of its token embedding and position encoding (tokens, positions)
+    - head_bias: whether the output layer has a bias
+    - forward(idx (B, T), pos (T,) position ids, start_pos) -> hidden states (B, T, C)
+    """
+
+    prefix: str
+    tokens_name: str
+    positions_name: str
+    head_bias: bool
+
+    @property
+    def tokens(self) -> nn.Embedding:
+        """The token embedding (V, C), which model.tie_weights shares with the output layer."""
+        return getattr(self, self.tokens_name)
+
+    @property
+    def positions(self) -> LearnedPositions | RotaryPositions:
+        """The position encoding, which also decides how a KV cache goes on past the context."""
+        return getattr(self, self.positions_name)
+
+
+class GPT2Model(Family):
+    """gpt2: token plus learned position embeddings, GPT-2 blocks, a final LayerNorm (Hugging Face's GPT2Model)."""
+
+    prefix, tokens_name, positions_name = "transformer", "wte", "wpe"  # GPT2LMHeadModel.transformer.wte
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
+        self.wpe = LearnedPositions(cfg)
+        self.drop = Dropout(cfg.dropout)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.head_bias = cfg.bias_head
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.h:
+            x = block(x, start_pos)
+        return self.ln_f(x)
+
+
+class LlamaModel(Family):
+    """llama: token embeddings, Llama blocks turning q and k by rotary positions, a final RMSNorm (Hugging Face's LlamaModel)."""
+
+    prefix, tokens_name, positions_name = "model", "embed_tokens", "rotary_emb"  # LlamaForCausalLM.model.embed_tokens
+    head_bias = False  # no biases anywhere: model.bias_* do not apply
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.rotary_emb = RotaryPositions(cfg)
+        self.drop = Dropout(cfg.dropout)
+        self.layers = nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        rope = self.rotary_emb(pos)  # cos, sin (T, hs)
+        x = self.drop(self.embed_tokens(idx))  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, rope, start_pos)
+        return self.norm(x)
+
+
+FAMILIES: dict[str, type[Family]] = {"gpt2": GPT2Model, "llama": LlamaModel}  # config.FAMILY_RULES: their config rules
+
+
 class GPT(nn.Module):
     """Token ids (B, T) -> next-token logits (B, T, V), and the loss when targets are given."""
 
@@ -303,29 +451,11 @@ class GPT(nn.Module):
         self.cache_size: tuple[int, int] | None = None  # (batch_size, max_len) while a KV cache exists
         self.head_t: torch.Tensor | None = None  # lm_head.weight as a contiguous (C, V) copy while decoding
 
-        if cfg.family == "gpt2":
-            self.transformer = nn.ModuleDict({
-                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),  # token embeddings
-                "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),  # learned position embeddings
-                "drop": Dropout(cfg.dropout),
-                "h": nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                "ln_f": nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps),
-            })
-            token_embedding, head_bias = self.transformer.wte, cfg.bias_head
-        else:
-            self.model = nn.ModuleDict({
-                "embed_tokens": nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                "drop": Dropout(cfg.dropout),
-                "layers": nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)]),
-                "norm": RMSNorm(cfg.n_embd, cfg.norm_eps),
-            })
-            token_embedding, head_bias = self.model.embed_tokens, False
-            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=head_bias)
+        trunk = FAMILIES[cfg.family](cfg)
+        self.add_module(trunk.prefix, trunk)  # self.transformer or self.model, as in Hugging Face's classes
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=trunk.head_bias)
         if cfg.tie_weights:
-            self.lm_head.weight = token_embedding.weight  # one matrix reads tokens in and scores them out
+            self.lm_head.weight = trunk.tokens.weight  # one matrix reads tokens in and scores them out
 
         self.apply(self._init_weights)
         # Projections that write into the residual stream are scaled down so that its
@@ -333,6 +463,17 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @property
+    def trunk(self) -> Family:
+        """The family's modules between token ids and lm_head (self.transformer or self.model)."""
+        return getattr(self, FAMILIES[self.cfg.family].prefix)
+
+    @property
+    def cache_past_context(self) -> str:
+        """How decoding goes on once the KV cache is full, the family's position encoding decides:
+        "slide" (shift_cache, nothing runs again) or "reprefill" (run the last tokens again from 0)."""
+        return self.trunk.positions.cache_past_context
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -360,18 +501,8 @@ class GPT(nn.Module):
         B, T = idx.size()
         self._check_positions(B, T, start_pos)
         start = start_pos or 0
-        if self.cfg.family == "gpt2":
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-            for block in self.transformer.h:
-                x = block(x, start_pos)
-            x = self.transformer.ln_f(x)
-        else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hs) each
-            x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C)
-            for layer in self.model.layers:
-                x = layer(x, rope, start_pos)
-            x = self.model.norm(x)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,) position ids
+        x = self.trunk(idx, pos, start_pos)  # (B, T, C)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         if start_pos is not None:  # decoding: the same product against the weight stored (C, V)
@@ -399,29 +530,21 @@ class GPT(nn.Module):
             raise TinyGPTError(f"batch of {B} does not fit the KV cache made for {batch_size}")
         if start_pos < 0:
             raise TinyGPTError(f"start_pos must not be negative, got {start_pos}")
-        if self.cfg.family == "gpt2" and end > block_size:
-            raise TinyGPTError(
-                f"position {end - 1} is past block_size={block_size}, where GPT-2's learned positions end: "
-                "re-prefill the last window"
-            )
+        self.trunk.positions.check_end(end)
         if end > max_len:
             raise TinyGPTError(f"position {end - 1} does not fit the KV cache of max_len={max_len}")
 
     def init_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> None:
         """Allocate every layer's key/value buffers for positions [0, max_len) (default block_size).
 
-        device and dtype default to the parameters'. Llama's positions may run past
-        block_size (the rotary tables are extended); GPT-2's learned positions may not.
+        device and dtype default to the parameters'. Rotary positions may run past block_size
+        (their tables are extended); learned ones may not.
         """
         cfg = self.cfg
         max_len = max_len or cfg.block_size
-        if cfg.family == "gpt2" and max_len > cfg.block_size:
-            raise TinyGPTError(f"a GPT-2 KV cache cannot outgrow block_size={cfg.block_size} (asked for {max_len})")
+        self.trunk.positions.reserve(max_len)
         param = next(self.parameters())
         device, dtype = device or param.device, dtype or param.dtype
-        if cfg.family == "llama" and max_len > self.rope_cos.size(0):
-            cos, sin = rope_cache(cfg.head_dim, max_len, cfg.rope_theta)
-            self.rope_cos, self.rope_sin = cos.to(self.rope_cos), sin.to(self.rope_sin)
         for attn in self._attention_layers():
             attn.cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.head_dim, device, dtype)
         self.cache_size = (batch_size, max_len)
@@ -430,25 +553,21 @@ class GPT(nn.Module):
         self.head_t = self.lm_head.weight.detach().t().contiguous().to(dtype)
 
     def shift_cache(self, n: int) -> None:
-        """Drop the oldest n cached positions (llama only); decoding goes on at start_pos = length - n.
+        """Drop the oldest n cached positions (cache_past_context "slide"); decoding goes on at start_pos = length - n.
 
         This slides the window without running anything again. A rotary key carries its
         position as a rotation, so each kept key is turned back by n positions (angle -n*theta_i)
         and the kept positions become [0, length - n). A query's scores depend only on its
         distance to each key, so a query at the new position scores the kept keys as it would
         have at the old one. GPT-2 added its learned positions to the input of the first layer,
-        which no rotation undoes: re-prefill it instead.
+        which no rotation undoes: re-prefill it instead (its positions raise TinyGPTError here).
         """
-        if self.cfg.family == "gpt2":
-            raise TinyGPTError("a GPT-2 KV cache cannot slide (learned positions): re-prefill the last window")
         if self.cache_size is None:
             raise TinyGPTError("shift_cache() needs a KV cache: call init_cache() first")
         caches = [attn.cache for attn in self._attention_layers()]
         if not 0 <= n <= caches[0].length:
             raise TinyGPTError(f"cannot drop {n} positions from a KV cache holding {caches[0].length}")
-        cos, sin = self.rope_cos[n], -self.rope_sin[n]  # cos(-a) = cos(a), sin(-a) = -sin(a)
-        for cache in caches:
-            cache.shift(n, cos, sin)
+        self.trunk.positions.slide(caches, n)
 
     def clear_cache(self) -> None:
         """Free the KV cache; forward() without start_pos never uses it anyway."""
