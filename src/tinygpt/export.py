@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,43 +66,8 @@ class CardInfo:
 CONV1D_SUFFIXES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2's transposed layers
 
 
-def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
-    """config.json for the stock class that computes exactly what `cfg` describes, or a refusal saying why not.
-
-    Keys are the long-standing ones (`rope_theta`, `torch_dtype`), which both older and newer
-    transformers read. Our documents are separated by <|endoftext|>, so it is both the token a
-    generation starts after and the one it stops at.
-    """
-    common = {
-        "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": cfg.tie_weights,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-    }
-    if cfg.family == "llama":
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": cfg.n_embd,
-            "intermediate_size": cfg.hidden_dim,
-            "num_hidden_layers": cfg.n_layer,
-            "num_attention_heads": cfg.n_head,
-            "num_key_value_heads": cfg.kv_heads,
-            "head_dim": cfg.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": cfg.block_size,
-            "rms_norm_eps": cfg.norm_eps,
-            "rope_theta": cfg.rope_theta,
-            "rope_scaling": None,
-            "attention_bias": False,
-            "attention_dropout": cfg.dropout,
-            "mlp_bias": False,
-            "pretraining_tp": 1,
-            **common,
-        }
+def _gpt2_config(cfg: ModelConfig) -> dict:
+    """GPT2Config's keys for `cfg`; refuses what GPT2LMHeadModel cannot compute."""
     if cfg.head_dim * cfg.n_head != cfg.n_embd:
         raise TinyGPTError(
             f"cannot export to GPT2LMHeadModel: its heads are n_embd / n_head wide, but this model has "
@@ -111,7 +77,6 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
     if cfg.bias_head:
         raise TinyGPTError("cannot export to GPT2LMHeadModel: its lm_head has no bias, and this model's has (model.bias_head)")
     return {
-        "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "n_embd": cfg.n_embd,
         "n_inner": cfg.hidden_dim,
@@ -128,33 +93,103 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        **common,
+    }
+
+
+def _llama_config(cfg: ModelConfig) -> dict:
+    return {
+        "model_type": "llama",
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": cfg.dropout,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+    }
+
+
+def _gpt2_weights(model: nn.Module, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Conv1D stores weights (in, out), the transpose of nn.Linear, and always has a bias: one
+    we left out is written as zeros, which computes the same."""
+    for name, module in model.named_modules():
+        if name.endswith(CONV1D_SUFFIXES):
+            tensors[f"{name}.weight"] = module.weight.detach().t()
+            if module.bias is None:
+                tensors[f"{name}.bias"] = module.weight.new_zeros(module.out_features)
+
+
+def _llama_weights(model: nn.Module, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Our attention fuses q, k and v into one matrix; Hugging Face keeps three."""
+    q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    for i in range(cfg.n_layer):
+        prefix = f"model.layers.{i}.self_attn."
+        q, k, v = tensors.pop(prefix + "qkv_proj.weight").split([q_dim, kv_dim, kv_dim], dim=0)
+        tensors.update({prefix + "q_proj.weight": q, prefix + "k_proj.weight": k, prefix + "v_proj.weight": v})
+
+
+@dataclass(frozen=True)
+class HFFamily:
+    """How one of our model families (model.FAMILIES) becomes a stock transformers class."""
+
+    architecture: str  # the class AutoModelForCausalLM builds
+    config: Callable[[ModelConfig], dict]  # its config.json keys, or a TinyGPTError when it cannot express cfg
+    weights: Callable[[nn.Module, ModelConfig, dict[str, torch.Tensor]], None]  # our tensors to its layout, in place
+    blocks: Callable[[ModelConfig], str]  # the model card's words for a block
+
+
+HF_FAMILIES = {
+    "gpt2": HFFamily(
+        "GPT2LMHeadModel", _gpt2_config, _gpt2_weights,
+        blocks=lambda cfg: f"LayerNorm, learned positions, {'tanh-GELU' if cfg.activation == 'gelu' else 'ReLU'} MLP",
+    ),
+    "llama": HFFamily(
+        "LlamaForCausalLM", _llama_config, _llama_weights,
+        blocks=lambda cfg: f"RMSNorm, rotary positions (theta {cfg.rope_theta:g}), SwiGLU MLP",
+    ),
+}
+
+
+def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
+    """config.json for the stock class that computes exactly what `cfg` describes, or a refusal saying why not.
+
+    Keys are the long-standing ones (`rope_theta`, `torch_dtype`), which both older and newer
+    transformers read. Our documents are separated by <|endoftext|>, so it is both the token a
+    generation starts after and the one it stops at.
+    """
+    family = HF_FAMILIES[cfg.family]
+    return {
+        "architectures": [family.architecture],
+        **family.config(cfg),
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_weights,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
     }
 
 
 def hf_state_dict(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our parameters under Hugging Face's layout: the names already match, two layouts do not.
 
-    GPT-2's Conv1D stores weights (in, out), the transpose of nn.Linear, and always has a bias:
-    a bias we left out is written as zeros, which computes the same. Our Llama attention fuses
-    q, k and v into one matrix; Hugging Face keeps three. A tied lm_head is written once, as the
-    embedding, and re-tied on load (tie_word_embeddings).
+    GPT-2's Conv1D stores weights transposed, and our Llama attention fuses q, k and v (see
+    _gpt2_weights, _llama_weights). A tied lm_head is written once, as the embedding, and
+    re-tied on load (tie_word_embeddings).
     """
     tensors = {name: t.detach() for name, t in model.state_dict().items()}
     if cfg.tie_weights:
         del tensors["lm_head.weight"]
-    if cfg.family == "gpt2":
-        for name, module in model.named_modules():
-            if name.endswith(CONV1D_SUFFIXES):
-                tensors[f"{name}.weight"] = module.weight.detach().t()
-                if module.bias is None:
-                    tensors[f"{name}.bias"] = module.weight.new_zeros(module.out_features)
-    else:
-        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-        for i in range(cfg.n_layer):
-            prefix = f"model.layers.{i}.self_attn."
-            q, k, v = tensors.pop(prefix + "qkv_proj.weight").split([q_dim, kv_dim, kv_dim], dim=0)
-            tensors.update({prefix + "q_proj.weight": q, prefix + "k_proj.weight": k, prefix + "v_proj.weight": v})
+    HF_FAMILIES[cfg.family].weights(model, cfg, tensors)
     return {name: t.contiguous().cpu() for name, t in tensors.items()}
 
 
@@ -244,7 +279,7 @@ def hf_tokenizer_config(tok, block_size: int) -> dict:
 def model_card(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, info: CardInfo) -> str:
     """README.md: what the model is, how it was trained, how to load it, and whose data it learned from."""
     dataset = DATASETS.get((info.dataset or "").lower())
-    arch = "GPT2LMHeadModel" if cfg.family == "gpt2" else "LlamaForCausalLM"
+    family = HF_FAMILIES[cfg.family]
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- tinygpt", f"- {cfg.family}"]
     if dataset:
         front += ["datasets:", f"- {dataset.hub_id}"]
@@ -253,12 +288,8 @@ def model_card(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, info: C
     def recorded(value, fmt="{}"):
         return fmt.format(value) if value is not None else "not recorded"
 
-    if cfg.family == "gpt2":
-        blocks = f"LayerNorm, learned positions, {'tanh-GELU' if cfg.activation == 'gelu' else 'ReLU'} MLP"
-    else:
-        blocks = f"RMSNorm, rotary positions (theta {cfg.rope_theta:g}), SwiGLU MLP"
     rows = [
-        ("architecture", f"{arch} ({cfg.family} family: {blocks})"),
+        ("architecture", f"{family.architecture} ({cfg.family} family: {family.blocks(cfg)})"),
         ("parameters", f"{model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding)"),
         ("layers / width / MLP hidden", f"{cfg.n_layer} / {cfg.n_embd} / {cfg.hidden_dim}"),
         ("attention heads", f"{cfg.n_head} query, {cfg.kv_heads} key/value, {cfg.head_dim} wide"),
