@@ -14,9 +14,9 @@ from safetensors import safe_open
 from tinygpt.checkpoint import BEST, save_checkpoint
 from tinygpt.common import TinyGPTError
 from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml
-from tinygpt.export import CardInfo, export_hf
+from tinygpt.export import HF_FAMILIES, CardInfo, export_hf
 from tinygpt.generate import generate_ids
-from tinygpt.model import GPT
+from tinygpt.model import FAMILIES, GPT
 from tinygpt.tokenizers import SentencePieceTokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -80,6 +80,13 @@ MODELS = {
         "LlamaForCausalLM",
     ),
 }
+
+
+def test_every_model_family_has_a_hugging_face_class():
+    assert set(HF_FAMILIES) == set(FAMILIES)
+    assert {name: HF_FAMILIES[overrides["family"]].architecture for name, (overrides, _) in MODELS.items()} == {
+        name: architecture for name, (_, architecture) in MODELS.items()
+    }
 
 
 @pytest.mark.parametrize("name", MODELS)

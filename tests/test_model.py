@@ -11,8 +11,9 @@ import torch
 from torch.nn import functional as F
 
 from tinygpt.common import TinyGPTError
-from tinygpt.config import ModelConfig
-from tinygpt.model import GPT, RMSNorm, apply_rope, dropout_mask, rope_cache
+from tinygpt.config import FAMILY_RULES, ModelConfig
+from tinygpt.model import FAMILIES as FAMILY_CLASSES
+from tinygpt.model import GPT, RMSNorm, RotaryPositions, apply_rope, dropout_mask, rope_cache
 
 V = 48
 
@@ -94,6 +95,15 @@ def test_parameter_names_follow_hugging_face():
     hs = 32 // 4
     assert llama.model.layers[0].self_attn.qkv_proj.weight.shape == ((4 + 2 * 2) * hs, 32)
     assert llama.model.layers[0].mlp.gate_proj.weight.shape == (96, 32)  # 2/3 * 4 * 32 rounded up to 32
+
+
+def test_each_family_is_one_registered_class_that_its_config_rules_describe():
+    assert set(FAMILY_CLASSES) == set(FAMILY_RULES) == {"gpt2", "llama"}
+    gpt2, llama = GPT(tiny("gpt2")), GPT(tiny("llama"))
+    assert gpt2.trunk is gpt2.transformer and llama.trunk is llama.model  # Hugging Face's names
+    assert (gpt2.cache_past_context, llama.cache_past_context) == ("reprefill", "slide")
+    for model in (gpt2, llama):  # config checks the even head size that rotary positions need
+        assert FAMILY_RULES[model.cfg.family].rotary == isinstance(model.trunk.positions, RotaryPositions)
 
 
 def test_bad_config_and_too_long_sequence():

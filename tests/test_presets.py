@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -18,6 +21,23 @@ def printed(tinygpt_command) -> dict[str, str]:
     for name, result in results.items():
         assert result.returncode == 0, f"{name}: {result.stderr}"
     return {name: result.stdout for name, result in results.items()}
+
+
+def test_configs_of_every_family_validate_without_torch():
+    """`tinygpt prepare` validates the whole config, model section included, and never loads torch."""
+    code = (
+        "import sys\n"
+        "from tinygpt.cli import build_parser\n"
+        "from tinygpt.config import FAMILY_RULES, load_config, preset_names\n"
+        "build_parser('prepare')\n"
+        "configs = [load_config(name) for name in preset_names()]\n"
+        "configs += [load_config('tiny', {'model.family': family}) for family in FAMILY_RULES]\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(*sorted({cfg.model.family for cfg in configs}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["gpt2", "llama"]
 
 
 def test_every_shipped_preset_is_there():
