@@ -47,7 +47,7 @@ def exact_bpb(run_dir: Path, data_dir: Path) -> dict:
 
     from tinygpt import checkpoint as ckpt
     from tinygpt.evaluate import evaluate
-    from tinygpt.loader import ShardSet
+    from tinygpt.shards import ShardSet
 
     final = ckpt.latest_checkpoint(run_dir)
     model, tokenizer = ckpt.load_model(final)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tomllib
 
-from tinygpt import data
+from tinygpt import data, shards
 from tinygpt.common import TinyGPTError
 from tinygpt.config import config_from_dict, load_config
-from tinygpt.data import held_out, prepare, read_documents, read_manifest, split_documents
+from tinygpt.data import held_out, prepare, read_documents, split_documents
+from tinygpt.shards import read_manifest
 from tinygpt.tokenizers import EOT_SEPARATOR, load_tokenizer
 
 
@@ -102,7 +103,7 @@ def test_held_out_documents_are_spread_evenly():
 def test_manifest_figures(bpe_prepared, train_txt, valid_txt):
     manifest = read_manifest(bpe_prepared)
     tok = load_tokenizer(bpe_prepared / "tokenizer")
-    assert manifest["format_version"] == data.MANIFEST_VERSION
+    assert manifest["format_version"] == shards.MANIFEST_VERSION
     assert manifest["dtype"] == "uint16"
     assert (manifest["vocab_size"], manifest["eot_id"], manifest["tokenizer_kind"]) == (300, tok.eot_id, "bpe")
     assert manifest["tokenizer_hash"] == tok.hash
@@ -241,7 +242,7 @@ def test_a_failure_midway_leaves_nothing(train_txt, tmp_path, monkeypatch):
     def broken_write(self, tokens):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data.ShardWriter, "write", broken_write)
+    monkeypatch.setattr(shards.ShardWriter, "write", broken_write)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space"):
         run(train_txt, out, tokenizer__kind="char")
@@ -285,7 +286,7 @@ def test_killed_or_interrupted_prepare_leaves_nothing_finished(bpe_prepared, tra
     for process, sig, out in runs.values():
         _, stderr = process.communicate(timeout=60)
         assert not out.exists()
-        assert not list(tmp_path.glob(f".{out.name}*/{data.MANIFEST}"))
+        assert not list(tmp_path.glob(f".{out.name}*/{shards.MANIFEST}"))
         if sig == signal.SIGINT:  # a clean stop removes its temporary folder too
             assert process.returncode == 130 and stderr.strip() == "tinygpt prepare: interrupted"
             assert leftovers(out) == []

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tinygpt.common import TinyGPTError
-from tinygpt.loader import ShardSet, TrainLoader, eval_windows
+from tinygpt.loader import TrainLoader, eval_windows
+from tinygpt.shards import ShardSet
 
 
 @pytest.fixture

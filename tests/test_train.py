@@ -22,8 +22,8 @@ from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
-from tinygpt.loader import ShardSet
 from tinygpt.model import GPT
+from tinygpt.shards import ShardSet
 from tinygpt.tokenizers import load_tokenizer
 from tinygpt.train import Metrics, Trainer, lr_at, make_optimizer, read_metrics, steps_for_tokens
 

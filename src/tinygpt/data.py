@@ -33,35 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json, read_json
+from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json
 from .config import Config, dump_toml, load_config
+from .shards import MANIFEST, MANIFEST_VERSION, SPLITS, ShardWriter
 from .tokenizers import EOT_SEPARATOR, EOT_TEXT, META_FILE, Tokenizer, load_tokenizer, train_tokenizer
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 CHUNK_BYTES = 1 << 20  # input read, split and encoded as one unit of work
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json")
-SPLITS = ("train", "val")
 _SEPARATOR_LINE = ("\n" + EOT_SEPARATOR).encode()  # a separator line, with the newline that ends the line before
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a prepared folder, checked for the format version this code writes.
-
-    Layout: {"format_version", "dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_hash",
-    "source_bytes", optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
-    "text_bytes", "unknown"}}}
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TinyGPTError(f"prepared data folder not found: {folder}")
-    manifest = read_json(folder / MANIFEST, "prepared-data manifest (run 'tinygpt prepare' first)")
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise TinyGPTError(
-            f"{folder / MANIFEST} has format version {manifest.get('format_version')!r}; "
-            f"this tinygpt reads version {MANIFEST_VERSION}: prepare the data again"
-        )
-    return manifest
 
 
 # ---------------------------------------------------------------- finding the input files
@@ -444,44 +423,6 @@ def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# ---------------------------------------------------------------- shards
-
-
-class ShardWriter:
-    """Tokens of one split into `{split}_000000.bin`, `{split}_000001.bin`, ..., `shard_tokens` tokens each
-    (the last one shorter). A shard is flushed to disk when it is complete."""
-
-    def __init__(self, folder: Path, split: str, shard_tokens: int):
-        self.folder = folder
-        self.split = split
-        self.shard_tokens = shard_tokens
-        self.shards: list[dict] = []  # the manifest's [{"file", "tokens"}]
-        self._file = None
-
-    def write(self, tokens: np.ndarray) -> None:
-        while tokens.size:
-            if self._file is None:
-                self.shards.append({"file": f"{self.split}_{len(self.shards):06d}.bin", "tokens": 0})
-                self._file = open(self.folder / self.shards[-1]["file"], "wb")  # noqa: SIM115 (closed in _finish)
-            room = self.shard_tokens - self.shards[-1]["tokens"]
-            self._file.write(tokens[:room])
-            self.shards[-1]["tokens"] += min(room, tokens.size)
-            tokens = tokens[room:]
-            if self.shards[-1]["tokens"] == self.shard_tokens:
-                self._finish()
-
-    def close(self) -> list[dict]:
-        if self._file is not None:
-            self._finish()
-        return self.shards
-
-    def _finish(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
 
 
 # ---------------------------------------------------------------- prepare

@@ -19,7 +19,8 @@ import torch
 from torch.nn import functional as F
 
 from .distributed import all_reduce_sum
-from .loader import ShardSet, eval_windows
+from .loader import eval_windows
+from .shards import MANIFEST, ShardSet
 
 
 def bits_per_byte(loss_nats_sum: float, n_bytes: float) -> float:
@@ -84,7 +85,7 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
     from . import checkpoint as ckpt
     from .common import TinyGPTError, autodetect_device
     from .config import Config
-    from .data import MANIFEST, prepare
+    from .data import prepare
 
     folder = ckpt.find_checkpoint(checkpoint_path)
     model, tokenizer = ckpt.load_model(folder)

@@ -25,7 +25,7 @@ from torch import nn
 from .checkpoint import BEST, find_checkpoint, load_model, read_progress
 from .common import TinyGPTError, atomic_folder, read_json
 from .config import ModelConfig
-from .data import MANIFEST
+from .shards import MANIFEST
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 # ---------------------------------------------------------------- the model card's facts

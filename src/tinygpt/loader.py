@@ -1,6 +1,6 @@
 """Batches from token shards: random windows for training, an ordered pass for evaluation.
 
-Shards are opened with numpy.memmap, so memory use does not depend on the corpus size.
+Shards are opened with numpy.memmap (shards.ShardSet), so memory use does not depend on the corpus size.
 Training windows come from one explicit torch.Generator whose state is saved in every
 checkpoint: a resumed run draws exactly the batches the uninterrupted run would have.
 Under DDP every rank draws the same global batch and keeps its own slice, so N ranks see
@@ -10,41 +10,12 @@ exactly the batches of one process with an N-times batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .common import TinyGPTError
-from .data import read_manifest
-
-
-class ShardSet:
-    """The shards of one split, addressed as one sequence of tokens."""
-
-    def __init__(self, folder: str | Path, split: str):
-        folder = Path(folder)
-        self.manifest = read_manifest(folder)
-        info = self.manifest["splits"].get(split)
-        if not info or not info["tokens"]:
-            raise TinyGPTError(f"{folder} has no {split!r} tokens")
-        dtype = np.dtype(self.manifest["dtype"])
-        self.shards = []
-        for shard in info["shards"]:
-            path = folder / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
-                raise TinyGPTError(f"shard {path} is missing or has the wrong size: prepare the data again")
-            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
-        self.split = split
-        self.tokens = int(info["tokens"])
-        self.text_bytes = int(info["text_bytes"])
-
-    def windows_starts(self, length: int) -> np.ndarray:
-        """Cumulative count of window start positions of `length` tokens, shard by shard."""
-        return np.cumsum([max(0, len(s) - length + 1) for s in self.shards])
-
-    def read(self, shard: int, start: int, length: int) -> np.ndarray:
-        return np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
+from .shards import ShardSet
 
 
 class TrainLoader:

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint as ckpt
 from .common import TinyGPTError, autodetect_device
 from .config import Config, TrainConfig, dump_toml, load_config, parse_duration
-from .data import MANIFEST, prepare
+from .data import prepare
 from .distributed import (
     Dist,
     all_reduce_sum,
@@ -44,8 +44,9 @@ from .distributed import (
     init_distributed,
 )
 from .evaluate import bits_per_byte, evaluate
-from .loader import ShardSet, TrainLoader
+from .loader import TrainLoader
 from .model import GPT
+from .shards import MANIFEST, ShardSet
 from .tokenizers import load_tokenizer
 
 METRICS = "metrics.jsonl"

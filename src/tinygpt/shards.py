@@ -1,0 +1,127 @@
+"""The on-disk format of a prepared folder: its layout, its manifest, writing shards and reading them back.
+
+A prepared folder, written by `tinygpt prepare` and read by the loader, `train`, `eval` and `export`:
+
+    manifest.json       format version, dtype, vocabulary, tokenizer hash and, per split, the shards
+                        and their figures; written last, so its presence marks the folder complete
+    config.toml         the config the data was prepared with (with the vocabulary size it got)
+    tokenizer/          the tokenizer (tokenizers.load_tokenizer reads it)
+    train_000000.bin    raw little-endian uint16 or uint32 token ids, end-of-text after every
+    train_000001.bin    document, data.shard_tokens tokens per shard (the last of a split shorter)
+    val_000000.bin
+
+This module alone spells those names. Shards are read with numpy.memmap, so memory use does not
+depend on the corpus size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .common import TinyGPTError, read_json
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+CONFIG = "config.toml"
+TOKENIZER = "tokenizer"
+SPLITS = ("train", "val")
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of shard `index` (from 0) of `split`: `{split}_{index:06d}.bin`."""
+    return f"{split}_{index:06d}.bin"
+
+
+def is_prepared(folder: str | Path) -> bool:
+    """Whether `folder` holds a complete prepared folder (its manifest; read_manifest checks the version)."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def tokenizer_dir(folder: str | Path) -> Path:
+    """The tokenizer folder of a prepared folder."""
+    return Path(folder) / TOKENIZER
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a prepared folder, checked for the format version this code writes.
+
+    Layout: {"format_version", "dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_hash",
+    "source_bytes", optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
+    "text_bytes", "unknown"}}}
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TinyGPTError(f"prepared data folder not found: {folder}")
+    manifest = read_json(folder / MANIFEST, "prepared-data manifest (run 'tinygpt prepare' first)")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise TinyGPTError(
+            f"{folder / MANIFEST} has format version {manifest.get('format_version')!r}; "
+            f"this tinygpt reads version {MANIFEST_VERSION}: prepare the data again"
+        )
+    return manifest
+
+
+class ShardWriter:
+    """Tokens of one split into `{split}_000000.bin`, `{split}_000001.bin`, ..., `shard_tokens` tokens each
+    (the last one shorter). A shard is flushed to disk when it is complete."""
+
+    def __init__(self, folder: Path, split: str, shard_tokens: int):
+        self.folder = folder
+        self.split = split
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict] = []  # the manifest's [{"file", "tokens"}]
+        self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self._file is None:
+                self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": 0})
+                self._file = open(self.folder / self.shards[-1]["file"], "wb")  # noqa: SIM115 (closed in _finish)
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            self._file.write(tokens[:room])
+            self.shards[-1]["tokens"] += min(room, tokens.size)
+            tokens = tokens[room:]
+            if self.shards[-1]["tokens"] == self.shard_tokens:
+                self._finish()
+
+    def close(self) -> list[dict]:
+        if self._file is not None:
+            self._finish()
+        return self.shards
+
+    def _finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+
+class ShardSet:
+    """The shards of one split, addressed as one sequence of tokens."""
+
+    def __init__(self, folder: str | Path, split: str):
+        folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        info = self.manifest["splits"].get(split)
+        if not info or not info["tokens"]:
+            raise TinyGPTError(f"{folder} has no {split!r} tokens")
+        dtype = np.dtype(self.manifest["dtype"])
+        self.shards = []
+        for shard in info["shards"]:
+            path = folder / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+                raise TinyGPTError(f"shard {path} is missing or has the wrong size: prepare the data again")
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.split = split
+        self.tokens = int(info["tokens"])
+        self.text_bytes = int(info["text_bytes"])
+
+    def windows_starts(self, length: int) -> np.ndarray:
+        """Cumulative count of window start positions of `length` tokens, shard by shard."""
+        return np.cumsum([max(0, len(s) - length + 1) for s in self.shards])
+
+    def read(self, shard: int, start: int, length: int) -> np.ndarray:
+        return np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
