@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tinygpt.config import load_config
-from tinygpt.data import prepare, split_documents
+from tinygpt.data import prepare
+from tinygpt.documents import split_documents
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TINYSTORIES = SHARED / "data" / "tinystories"

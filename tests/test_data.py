@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tomllib
 
-from tinygpt import data, shards
+from tinygpt import documents, shards
 from tinygpt.common import TinyGPTError
 from tinygpt.config import config_from_dict, load_config
-from tinygpt.data import held_out, prepare, read_documents, split_documents
+from tinygpt.data import held_out, prepare
+from tinygpt.documents import read_documents, split_documents
 from tinygpt.shards import read_manifest
 from tinygpt.tokenizers import EOT_SEPARATOR, load_tokenizer
 
@@ -83,7 +84,7 @@ def test_split_documents_keeps_the_file_layout():
 
 
 def test_reading_in_small_chunks_gives_the_same_documents(train_txt, train_docs, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 1000)  # documents straddle many chunk boundaries
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 1000)  # documents straddle many chunk boundaries
     chunks = list(read_documents(train_txt))
     assert len(chunks) > 100
     assert [doc for docs, _ in chunks for doc in docs] == train_docs
@@ -214,7 +215,7 @@ def test_folder_and_glob_inputs(bpe_prepared, train_docs, tmp_path):
 
 
 def test_not_utf8_is_reported_with_file_and_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 64)  # the bad byte lies several chunks in
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 64)  # the bad byte lies several chunks in
     good = "Once upon a time there was a cat.\n" * 5 + EOT_SEPARATOR
     bad = good.encode() * 3 + b"A caf\xe9 sold tea.\n" + EOT_SEPARATOR.encode()
     offset = len(good.encode()) * 3 + 5

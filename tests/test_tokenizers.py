@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tinygpt import tokenizers
 from tinygpt.common import TinyGPTError
-from tinygpt.data import split_documents
+from tinygpt.documents import split_documents
 from tinygpt.tokenizers import EOT_SEPARATOR, EOT_TEXT, CharTokenizer, load_tokenizer, train_tokenizer
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
