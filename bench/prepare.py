@@ -32,8 +32,8 @@ import psutil
 
 from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import load_config
-from tinygpt.data import available_cpus, prepare
 from tinygpt.documents import split_documents
+from tinygpt.prepare import available_cpus, prepare
 from tinygpt.tokenizers import ENCODE_SLICE_CHARS
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tinygpt.config import load_config
-from tinygpt.data import prepare
 from tinygpt.documents import split_documents
+from tinygpt.prepare import prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TINYSTORIES = SHARED / "data" / "tinystories"

@@ -16,7 +16,7 @@ from .common import TinyGPTError
 
 # (name, module, one-line help). Modules are imported when the parser is built.
 COMMANDS = [
-    ("prepare", "tinygpt.data", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards"),
+    ("prepare", "tinygpt.prepare", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards"),
     ("train", "tinygpt.train", "train a model on prepared shards or raw text; resume with --resume auto"),
     ("plot", "tinygpt.train", "draw the loss curve (bits per byte) of a training run"),
     ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),

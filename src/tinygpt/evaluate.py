@@ -85,7 +85,7 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
     from . import checkpoint as ckpt
     from .common import TinyGPTError, autodetect_device
     from .config import Config
-    from .data import prepare
+    from .prepare import prepare
 
     folder = ckpt.find_checkpoint(checkpoint_path)
     model, tokenizer = ckpt.load_model(folder)

@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint as ckpt
 from .common import TinyGPTError, autodetect_device
 from .config import Config, TrainConfig, dump_toml, load_config, parse_duration
-from .data import prepare
 from .distributed import (
     Dist,
     all_reduce_sum,
@@ -46,6 +45,7 @@ from .distributed import (
 from .evaluate import bits_per_byte, evaluate
 from .loader import TrainLoader
 from .model import GPT
+from .prepare import prepare
 from .shards import MANIFEST, ShardSet
 from .tokenizers import load_tokenizer
 

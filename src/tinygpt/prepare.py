@@ -1,14 +1,12 @@
-"""Text in, token shards out: streaming document readers, parallel encoding, shard files and their manifest.
+"""The preparation pipeline: input files in, a prepared folder out; and the `tinygpt prepare` command.
 
-A prepared folder holds `manifest.json`, `config.toml`, `tokenizer/` and `.bin` shards (raw
-little-endian uint16 or uint32 token ids, end-of-text after every document), written whole by
-`common.atomic_folder`, so an interrupted run leaves nothing that looks finished.
-
-The pipeline: the main process reads each input in chunks of about CHUNK_BYTES, cut where
-documents end, splits them into documents and divides those into train and validation; worker
-processes encode the chunks (each loads the tokenizer once); the main process writes the results
-in input order, so the shards do not depend on the number of workers. At most two chunks per
-worker are in flight, so memory does not grow with the corpus, only with the largest document.
+The main process reads each input with documents.read_documents, in pieces of about CHUNK_BYTES
+cut where documents end, and divides the documents into train and validation; worker processes
+encode the chunks (each loads the tokenizer once); the main process writes the results in input
+order with shards.ShardWriter, so the shards do not depend on the number of workers. At most two
+chunks per worker are in flight, so memory does not grow with the corpus, only with the largest
+document. The folder (its layout is in shards.py) is written whole by `common.atomic_folder`, so
+an interrupted run leaves nothing that looks finished. Nothing here imports torch.
 """
 
 from __future__ import annotations
