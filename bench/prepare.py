@@ -34,6 +34,7 @@ from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import load_config
 from tinygpt.documents import split_documents
 from tinygpt.prepare import available_cpus, prepare
+from tinygpt.shards import tokenizer_dir
 from tinygpt.tokenizers import ENCODE_SLICE_CHARS
 
 
@@ -154,13 +155,13 @@ def prepare_rates(corpus: Path, out: Path, tokenizer_from: Path | None = None, *
 def bpe_throughput(corpus: Path, work: Path, repeats: int) -> None:
     bpe = {"tokenizer.kind": "bpe", "tokenizer.vocab_size": "4096"}
     with_training = prepare_rates(corpus, work / "tp-trained", **bpe)[0]
-    tokenizer_dir = work / "tp-trained" / "tokenizer"
+    trained = tokenizer_dir(work / "tp-trained")
     documents = split_documents(corpus.read_text(encoding="utf-8"))
     runs = {"encode_batch": [], "encode_batch_fast": [], "prepare": []}
     for _ in range(repeats):  # interleaved, so all three see the same machine
         for method in ("encode_batch", "encode_batch_fast"):
-            runs[method].append(library_rates(documents, tokenizer_dir / "bpe.json", method))
-        runs["prepare"].append(prepare_rates(corpus, work / "tp-bpe", tokenizer_dir, **bpe))
+            runs[method].append(library_rates(documents, trained / "bpe.json", method))
+        runs["prepare"].append(prepare_rates(corpus, work / "tp-bpe", trained, **bpe))
     del documents
     best = {name: (max(w for w, _ in r), max(c for _, c in r)) for name, r in runs.items()}
     emit(

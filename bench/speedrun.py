@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from baseline import TRAIN, VALID, emit, run_seed_recipe
+from tinygpt.shards import is_prepared
 
 PARTS = ("seed", "cpu-10min", "recipe")
 
@@ -60,7 +61,7 @@ def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides
     sets = [arg for kv in overrides for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
     tokenizer_sets = "".join(f"-{kv}" for kv in overrides if kv.startswith("tokenizer."))  # data made with them
     data, run = workdir / f"data-{name}{tokenizer_sets}", workdir / f"run-{name}"
-    if not (data / "manifest.json").is_file():
+    if not is_prepared(data):
         tinygpt("prepare", str(TRAIN), "--val", str(VALID), "--out", str(data), "--config", name, *sets)
     start = time.perf_counter()
     tinygpt(

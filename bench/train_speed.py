@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from baseline import TRAIN, VALID, emit, run_seed_recipe
+from tinygpt.shards import is_prepared
 
 WARMUP_STEPS = 3
 
@@ -114,7 +115,7 @@ def profile(data: Path, threads: int, steps: int = 20) -> str:
 
 def prepare_char(workdir: Path) -> Path:
     data = workdir / "seed-char"
-    if not (data / "manifest.json").is_file():
+    if not is_prepared(data):
         subprocess.run(
             [
                 sys.executable,

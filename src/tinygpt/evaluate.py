@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .distributed import all_reduce_sum
 from .loader import eval_windows
-from .shards import MANIFEST, ShardSet
+from .shards import ShardSet, is_prepared
 
 
 def bits_per_byte(loss_nats_sum: float, n_bytes: float) -> float:
@@ -92,7 +92,7 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
     device = autodetect_device(device)
     data_path = Path(data)
     with tempfile.TemporaryDirectory(prefix="tinygpt-eval-") as tmp:
-        if not (data_path / MANIFEST).is_file():
+        if not is_prepared(data_path):
             cfg = Config()
             cfg.tokenizer.kind, cfg.data.val_fraction = tokenizer.kind, 0.0
             prepare([data], Path(tmp) / "data", cfg, tokenizer_from=str(folder), progress=False)

@@ -31,7 +31,7 @@ import numpy as np
 from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json
 from .config import Config, dump_toml, load_config
 from .documents import read_documents, resolve_inputs
-from .shards import MANIFEST, MANIFEST_VERSION, SPLITS, ShardWriter
+from .shards import CONFIG, MANIFEST, MANIFEST_VERSION, SPLITS, TOKENIZER, ShardWriter, is_prepared, tokenizer_dir
 from .tokenizers import EOT_TEXT, META_FILE, Tokenizer, load_tokenizer, train_tokenizer
 
 # ---------------------------------------------------------------- chunks of train and validation documents
@@ -93,8 +93,8 @@ def obtain_tokenizer(cfg: Config, train_paths: list[Path], val_paths: list[Path]
     kind = cfg.tokenizer.kind
     if tokenizer_from:
         folder = Path(tokenizer_from)
-        if (folder / "tokenizer" / META_FILE).is_file():
-            folder = folder / "tokenizer"
+        if (tokenizer_dir(folder) / META_FILE).is_file():
+            folder = tokenizer_dir(folder)
         return load_tokenizer(folder, expect_kind=kind)
     sample = tokenizer_sample(read_chunks(train_paths, val_paths, cfg, train_only=True), cfg.tokenizer.train_bytes)
     first = next(sample, None)
@@ -254,7 +254,7 @@ def prepare(
         raise TinyGPTError(f"the input is empty: {', '.join(map(str, train_paths))}")
     with atomic_folder(out) as tmp:
         tokenizer = obtain_tokenizer(cfg, train_paths, val_paths, tokenizer_from)
-        tokenizer.save(tmp / "tokenizer")
+        tokenizer.save(tokenizer_dir(tmp))
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
         splits = _encode_and_write(cfg, train_paths, val_paths, tmp, dtype, source_bytes, progress)
         if not splits["train"]["documents"]:
@@ -279,7 +279,7 @@ def prepare(
         if source:
             manifest["source"] = source
         used = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=tokenizer.vocab_size))
-        atomic_write_bytes(tmp / "config.toml", dump_toml(used).encode())  # with the vocabulary size it got
+        atomic_write_bytes(tmp / CONFIG, dump_toml(used).encode())  # with the vocabulary size it got
         atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks the folder complete
         _check_out(out, force)  # again: something may have appeared there meanwhile
     return manifest
@@ -297,7 +297,7 @@ def _encode_and_write(
     chunks = read_chunks(train_paths, val_paths, cfg)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="encoding", disable=None if progress else True)
     # closing(): an error while writing stops the workers now, not when the generator is collected
-    with bar, contextlib.closing(encode_chunks(chunks, folder / "tokenizer", dtype, workers)) as encoded_chunks:
+    with bar, contextlib.closing(encode_chunks(chunks, tokenizer_dir(folder), dtype, workers)) as encoded_chunks:
         for encoded in encoded_chunks:
             for split, (tokens, documents, text_bytes, unknown) in encoded.splits.items():
                 writers[split].write(tokens)
@@ -315,7 +315,7 @@ def _encode_and_write(
 def _check_out(out: Path, force: bool) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if not (out / MANIFEST).is_file():
+    if not is_prepared(out):
         raise TinyGPTError(f"{out} exists and is not a prepared-data folder: choose another --out")
     if not force:
         raise TinyGPTError(f"{out} already holds prepared data: use --force to replace it")
@@ -342,7 +342,7 @@ def add_prepare_arguments(p) -> None:
 
     p.description = (
         "Turn text into token shards: train a tokenizer (or reuse one), encode on all cores, write\n"
-        "OUT/{manifest.json, config.toml, tokenizer/, train_*.bin, val_*.bin}.\n\n"
+        f"OUT/{{{MANIFEST}, {CONFIG}, {TOKENIZER}/, train_*.bin, val_*.bin}}.\n\n"
         "examples:\n"
         "  tinygpt prepare stories.txt --out runs/data --val valid.txt\n"
         "  tinygpt prepare 'shards/*.json' --out runs/data --text-field story --tokenizer char\n"

@@ -46,7 +46,7 @@ from .evaluate import bits_per_byte, evaluate
 from .loader import TrainLoader
 from .model import GPT
 from .prepare import prepare
-from .shards import MANIFEST, ShardSet
+from .shards import ShardSet, is_prepared, tokenizer_dir
 from .tokenizers import load_tokenizer
 
 METRICS = "metrics.jsonl"
@@ -228,7 +228,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.train_shards, self.val_shards = ShardSet(self.data_dir, "train"), ShardSet(self.data_dir, "val")
-        self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
+        self.tokenizer = load_tokenizer(tokenizer_dir(self.data_dir))
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         start = Path(resume) if resume else ckpt.find_checkpoint(init_from) if init_from else None
         if start:
@@ -354,7 +354,7 @@ class Trainer:
             else:
                 del state["optimizer"]
             try:
-                ckpt.save_checkpoint(folder, state, dump_toml(self.cfg), self.data_dir / "tokenizer")
+                ckpt.save_checkpoint(folder, state, dump_toml(self.cfg), tokenizer_dir(self.data_dir))
                 if resumable:
                     ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
             except OSError as e:
@@ -612,10 +612,10 @@ def prepare_if_needed(path: Path, run_dir: Path, cfg: Config, tokenizer_from: Pa
     """The prepared-data folder to train on: `path` itself when prepared, else raw text
     (.txt/.jsonl/.json files, folders, globs) prepared once into RUN/data, with the tokenizer
     of `tokenizer_from` (the checkpoint a run starts from) or a new one as the config says."""
-    if (path / MANIFEST).is_file():
+    if is_prepared(path):
         return path
     prepared = run_dir / "data"
-    if not (prepared / MANIFEST).is_file():  # otherwise an earlier start of this run prepared it
+    if not is_prepared(prepared):  # otherwise an earlier start of this run prepared it
         prepare([str(path)], prepared, cfg, tokenizer_from=str(tokenizer_from) if tokenizer_from else None)
     return prepared
 
