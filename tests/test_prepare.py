@@ -268,6 +268,16 @@ def test_killed_or_interrupted_prepare_leaves_nothing_finished(bpe_prepared, tra
             assert leftovers(out) == []
 
 
+def test_prepare_never_imports_torch(train_docs, tmp_path):
+    """`tinygpt prepare` runs without torch in its process, so it starts fast and stays small."""
+    source = write_txt(tmp_path / "s.txt", train_docs[:50])
+    argv = ["prepare", str(source), "--out", str(tmp_path / "out"), "--tokenizer", "char", "--data.val_fraction", "0"]
+    code = f"import sys; from tinygpt.cli import main; rc = main({argv!r}); print(rc, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.splitlines()[-1] == "0 False", result.stdout + result.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
 # ---------------------------------------------------------------- bad input
 
 BAD_INPUTS = {  # case -> what its one-line error must say; each runs the command in a subprocess
