@@ -18,17 +18,17 @@ def tinygpt(tinygpt_command):
 def test_every_command_is_wired():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(subparsers.choices) == sorted(name for name, _, _ in COMMANDS)
+    assert sorted(subparsers.choices) == sorted(c.name for c in COMMANDS)
 
 
 def test_top_level_help_lists_commands(tinygpt):
     result = tinygpt("--help")
     assert result.returncode == 0
-    for name, _, _ in COMMANDS:
+    for name in (c.name for c in COMMANDS):
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("name", [name for name, _, _ in COMMANDS])
+@pytest.mark.parametrize("name", [c.name for c in COMMANDS])
 def test_command_help(name, tinygpt):
     result = tinygpt(name, "--help")
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,10 @@
 """The `tinygpt` command: one subcommand per stage, each a thin layer over its module.
 
-Every stage module exposes `add_arguments(parser)` and `run(args) -> int`; this file only
-wires them together and turns a TinyGPTError (or a full disk, or Ctrl-C) into one line.
+COMMANDS is the table of subcommands: for each, the stage module's function that adds its
+options and the one that runs it, named as "module:function" strings and imported only when
+that command is chosen. This file wires them together and turns a TinyGPTError (or a full
+disk, or Ctrl-C) into one line. It imports only `common` and `config`; nothing imports it
+but the entry points.
 """
 
 from __future__ import annotations
@@ -11,21 +14,49 @@ import errno
 import importlib
 import os
 import sys
+from dataclasses import dataclass
 
 from .common import TinyGPTError
+from .config import parse_overrides
 
-# (name, module, one-line help). Modules are imported when the parser is built.
-COMMANDS = [
-    ("prepare", "tinygpt.prepare", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards"),
-    ("train", "tinygpt.train", "train a model on prepared shards or raw text; resume with --resume auto"),
-    ("plot", "tinygpt.train", "draw the loss curve (bits per byte) of a training run"),
-    ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),
-    ("eval", "tinygpt.evaluate", "exact loss, perplexity and bits per byte of a model over a text or shards"),
-    ("info", "tinygpt.evaluate", "size, FLOPs, memory and training progress of a run, checkpoint or preset"),
-    ("export", "tinygpt.export", "export a trained model to a folder Hugging Face transformers loads"),
-    ("serve", "tinygpt.serve", "a local story playground: web page and OpenAI-style HTTP API"),
-    ("presets", "tinygpt.config", "list the shipped config presets, or print one resolved"),
-]
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its one-line help and two "module:function" names, imported only when
+    the command is chosen (so `tinygpt prepare` never imports torch)."""
+
+    name: str
+    help: str
+    arguments: str  # adds the command's options to its parser
+    run: str  # runs it: argparse.Namespace -> exit code
+
+
+COMMANDS = (
+    Command("prepare", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards",
+            "tinygpt.prepare:add_prepare_arguments", "tinygpt.prepare:run_prepare"),
+    Command("train", "train a model on prepared shards or raw text; resume with --resume auto",
+            "tinygpt.train:add_train_arguments", "tinygpt.train:run_train"),
+    Command("plot", "draw the loss curve (bits per byte) of a training run",
+            "tinygpt.train:add_plot_arguments", "tinygpt.train:run_plot"),
+    Command("sample", "generate text from a trained model, streamed as it is sampled",
+            "tinygpt.generate:add_sample_arguments", "tinygpt.generate:run_sample"),
+    Command("eval", "exact loss, perplexity and bits per byte of a model over a text or shards",
+            "tinygpt.evaluate:add_eval_arguments", "tinygpt.evaluate:run_eval"),
+    Command("info", "size, FLOPs, memory and training progress of a run, checkpoint or preset",
+            "tinygpt.evaluate:add_info_arguments", "tinygpt.evaluate:run_info"),
+    Command("export", "export a trained model to a folder Hugging Face transformers loads",
+            "tinygpt.export:add_export_arguments", "tinygpt.export:run_export"),
+    Command("serve", "a local story playground: web page and OpenAI-style HTTP API",
+            "tinygpt.serve:add_serve_arguments", "tinygpt.serve:run_serve"),
+    Command("presets", "list the shipped config presets, or print one resolved",
+            "tinygpt.config:add_presets_arguments", "tinygpt.config:run_presets"),
+)  # fmt: skip
+
+
+def _function(name: str):
+    """The function a "module:function" name points at, importing its module."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -41,29 +72,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name, help_text in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-        if command in (None, name):
-            module = importlib.import_module(module_name)
-            getattr(module, f"add_{name}_arguments")(p)
-            p.set_defaults(_run=getattr(module, f"run_{name}"))
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if command in (None, c.name):
+            _function(c.arguments)(p)
+            p.set_defaults(_run=_function(c.run))
     return parser
-
-
-def add_config_arguments(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
-    """--config PRESET_OR_TOML plus any number of --section.key VALUE overrides."""
-    p.add_argument(
-        "--config",
-        "-c",
-        default=default_preset,
-        metavar="PRESET",
-        help="preset name (see 'tinygpt presets') or path to a TOML file"
-        + (f" (default: {default_preset})" if default_preset else ""),
-    )
-    p.epilog = (p.epilog or "") + (
-        "Any config key can be overridden as --section.key VALUE, e.g. --model.n_layer 4 --train.lr 3e-4 "
-        "(sections: model, tokenizer, data, train; 'tinygpt presets NAME' shows every key)."
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args, extra = parser.parse_known_args(argv)
     try:
-        from .config import parse_overrides
-
         if extra and not hasattr(args, "config"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = parse_overrides(extra)

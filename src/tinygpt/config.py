@@ -356,12 +356,27 @@ def dump_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def add_config_arguments(p, default_preset: str | None = None) -> None:
+    """--config PRESET_OR_TOML plus any number of --section.key VALUE overrides."""
+    p.add_argument(
+        "--config",
+        "-c",
+        default=default_preset,
+        metavar="PRESET",
+        help="preset name (see 'tinygpt presets') or path to a TOML file"
+        + (f" (default: {default_preset})" if default_preset else ""),
+    )
+    p.epilog = (p.epilog or "") + (
+        "Any config key can be overridden as --section.key VALUE, e.g. --model.n_layer 4 --train.lr 3e-4 "
+        "(sections: model, tokenizer, data, train; 'tinygpt presets NAME' shows every key)."
+    )
+
+
+
 # ---------------------------------------------------------------- `tinygpt presets`
 
 
 def add_presets_arguments(p) -> None:
-    from .cli import add_config_arguments
-
     p.add_argument("name", nargs="?", help="a preset to print fully resolved (with any overrides)")
     add_config_arguments(p)
 

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
+from .config import add_config_arguments
 from .distributed import all_reduce_sum
 from .loader import eval_windows
 from .shards import ShardSet, is_prepared
@@ -184,8 +185,6 @@ def model_info(cfg, batch_size: int) -> dict:
 
 
 def add_info_arguments(p) -> None:
-    from .cli import add_config_arguments
-
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT_OR_PRESET", help="a run or checkpoint folder, or a preset name / TOML file")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     add_config_arguments(p)

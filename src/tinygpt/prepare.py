@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json
-from .config import Config, dump_toml, load_config
+from .config import Config, add_config_arguments, dump_toml, load_config
 from .documents import read_documents, resolve_inputs
 from .shards import CONFIG, MANIFEST, MANIFEST_VERSION, SPLITS, TOKENIZER, ShardWriter, is_prepared, tokenizer_dir
 from .tokenizers import EOT_TEXT, META_FILE, Tokenizer, load_tokenizer, train_tokenizer
@@ -338,8 +338,6 @@ _ALIASES = {  # convenience flag -> the config key it sets
 
 
 def add_prepare_arguments(p) -> None:
-    from .cli import add_config_arguments
-
     p.description = (
         "Turn text into token shards: train a tokenizer (or reuse one), encode on all cores, write\n"
         f"OUT/{{{MANIFEST}, {CONFIG}, {TOKENIZER}/, train_*.bin, val_*.bin}}.\n\n"

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from .common import TinyGPTError, autodetect_device
-from .config import Config, TrainConfig, dump_toml, load_config, parse_duration
+from .config import Config, TrainConfig, add_config_arguments, dump_toml, load_config, parse_duration
 from .distributed import (
     Dist,
     all_reduce_sum,
@@ -652,8 +652,6 @@ several machines (the same command on each; DATA and RUN on a shared filesystem)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_config_arguments
-
     p.description = (
         "Train a model on prepared token shards (or raw text, prepared into RUN/data first).\n"
         "Config: --config PRESET (default: tiny; when resuming or fine-tuning, the checkpoint's own config)."
