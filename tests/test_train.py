@@ -23,9 +23,10 @@ from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
 from tinygpt.loader import ShardSet
+from tinygpt.metrics import Metrics, read_metrics
 from tinygpt.model import GPT
 from tinygpt.tokenizers import load_tokenizer
-from tinygpt.train import Metrics, Trainer, lr_at, make_optimizer, read_metrics, steps_for_tokens
+from tinygpt.train import Trainer, lr_at, make_optimizer, steps_for_tokens
 
 # A model that trains in milliseconds a step, on one thread so that results are bit-exact.
 TINY = {

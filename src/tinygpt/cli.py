@@ -18,7 +18,7 @@ from .common import TinyGPTError
 COMMANDS = [
     ("prepare", "tinygpt.data", "turn text (.txt/.jsonl/.json, or 'tinystories' to download it) into token shards"),
     ("train", "tinygpt.train", "train a model on prepared shards or raw text; resume with --resume auto"),
-    ("plot", "tinygpt.train", "draw the loss curve (bits per byte) of a training run"),
+    ("plot", "tinygpt.metrics", "draw the loss curve (bits per byte) of a training run"),
     ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),
     ("eval", "tinygpt.evaluate", "exact loss, perplexity and bits per byte of a model over a text or shards"),
     ("info", "tinygpt.evaluate", "size, FLOPs, memory and training progress of a run, checkpoint or preset"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import random
 import signal
@@ -45,11 +44,10 @@ from .distributed import (
 )
 from .evaluate import bits_per_byte, evaluate
 from .loader import ShardSet, TrainLoader
+from .metrics import Metrics, plot_run
 from .model import GPT
 from .tokenizers import load_tokenizer
 
-METRICS = "metrics.jsonl"
-PLOT = "loss.png"
 CALIBRATION_STEPS = 3  # timed steps that turn a wall-clock budget into a step count
 BUDGET_KEYS = ("max_iters", "max_tokens", "max_time")
 
@@ -106,7 +104,7 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: str) -> t
     )
 
 
-# ---------------------------------------------------------------- metrics
+# ---------------------------------------------------------------- speed
 
 
 @dataclass
@@ -122,76 +120,6 @@ class StepTimer:
 
     def tokens_per_s(self, tokens_per_step: int) -> float:
         return tokens_per_step * self.steps / max(self.seconds, 1e-9)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The points of RUN/metrics.jsonl; a last line cut short by a killed run is skipped."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-class Metrics:
-    """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        """A new run starts an empty file; a resumed one drops the points its interrupted run
-        logged after the checkpoint, since they are about to be logged again."""
-        self.path = run_dir / METRICS
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-        self.file = self.path.open("a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, kind: str, step: int, **values) -> None:
-        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        self.file.flush()
-        if self.tensorboard:
-            for key, value in values.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard:
-            self.tensorboard.close()
-
-
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw train and validation bits per byte against the step, as a PNG (Agg: no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = read_metrics(run_dir)
-    fig = Figure(figsize=(8, 5), layout="tight")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for kind, label, style in (("train", "train (one batch)", "-"), ("eval", "validation", "o-")):
-        points = [(r["step"], r["bpb"]) for r in rows if r["kind"] == kind]
-        if points:
-            ax.plot(*zip(*points), style, label=label, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per byte")
-    ax.set_title(Path(run_dir).resolve().name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = Path(out) if out else Path(run_dir) / PLOT
-    fig.savefig(out, dpi=120)
-    return out
 
 
 # ---------------------------------------------------------------- the trainer
@@ -743,18 +671,3 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         cleanup_distributed()
     return 128 + stopped_by if stopped_by else 0
-
-
-# ---------------------------------------------------------------- `tinygpt plot`
-
-
-def add_plot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="a training run folder (holding metrics.jsonl)")
-    p.add_argument("--out", metavar="PNG", help=f"where to write the picture (default: RUN/{PLOT})")
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    if args.overrides:
-        raise TinyGPTError("plot takes no config overrides")
-    print(plot_run(args.run, args.out))
-    return 0
