@@ -21,7 +21,7 @@ COMMANDS = [
     ("plot", "tinygpt.metrics", "draw the loss curve (bits per byte) of a training run"),
     ("sample", "tinygpt.generate", "generate text from a trained model, streamed as it is sampled"),
     ("eval", "tinygpt.evaluate", "exact loss, perplexity and bits per byte of a model over a text or shards"),
-    ("info", "tinygpt.evaluate", "size, FLOPs, memory and training progress of a run, checkpoint or preset"),
+    ("info", "tinygpt.info", "size, FLOPs, memory and training progress of a run, checkpoint or preset"),
     ("export", "tinygpt.export", "export a trained model to a folder Hugging Face transformers loads"),
     ("serve", "tinygpt.serve", "a local story playground: web page and OpenAI-style HTTP API"),
     ("presets", "tinygpt.config", "list the shipped config presets, or print one resolved"),
