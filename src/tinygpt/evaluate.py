@@ -81,13 +81,13 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
     import tempfile
     from pathlib import Path
 
-    from . import checkpoint as ckpt
     from .common import TinyGPTError, autodetect_device
     from .config import Config
     from .data import MANIFEST, prepare
+    from .run import find_checkpoint, load_model
 
-    folder = ckpt.find_checkpoint(checkpoint_path)
-    model, tokenizer = ckpt.load_model(folder)
+    folder = find_checkpoint(checkpoint_path)
+    model, tokenizer = load_model(folder)
     device = autodetect_device(device)
     data_path = Path(data)
     with tempfile.TemporaryDirectory(prefix="tinygpt-eval-") as tmp:

@@ -13,6 +13,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import load_config
 from .model import GPT
+from .run import find_checkpoint
 from .tokenizers import META_FILE
 
 CHAR_VOCAB_GUESS = 236  # characters in the full TinyStories training text: a char preset's size before data is seen
@@ -62,7 +63,7 @@ def run_info(args) -> int:
     target = Path(args.target)
     facts: dict = {}
     if target.is_dir():
-        folder = ckpt.find_checkpoint(target)
+        folder = find_checkpoint(target)
         progress = ckpt.read_progress(folder)
         cfg = load_config(None, args.overrides, base=ckpt.read_config(folder).to_dict())
         tok = json.loads((folder / ckpt.TOKENIZER / META_FILE).read_text(encoding="utf-8"))

@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 
 from .common import TinyGPTError
-
-METRICS = "metrics.jsonl"
-PLOT = "loss.png"
+from .run import METRICS, PLOT, Run
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The points of RUN/metrics.jsonl; a last line cut short by a killed run is skipped."""
-    path = Path(run_dir) / METRICS
+    path = Run(run_dir).metrics
     if not path.is_file():
         raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
     rows = []
@@ -30,10 +28,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 class Metrics:
     """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: str | Path, resume_step: int | None):
         """A new run starts an empty file; a resumed one drops the points its interrupted run
         logged after the checkpoint, since they are about to be logged again."""
-        self.path = run_dir / METRICS
+        run = Run(run_dir)
+        self.path = run.metrics
         kept = []
         if resume_step is not None and self.path.is_file():
             kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
@@ -42,7 +41,7 @@ class Metrics:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(run.tensorboard))
         except ImportError:
             self.tensorboard = None
 
@@ -78,7 +77,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title(Path(run_dir).resolve().name)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out) if out else Path(run_dir) / PLOT
+    out = Path(out) if out else Run(run_dir).plot
     fig.savefig(out, dpi=120)
     return out
 
@@ -87,7 +86,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="a training run folder (holding metrics.jsonl)")
+    p.add_argument("run", metavar="RUN", help=f"a training run folder (holding {METRICS})")
     p.add_argument("--out", metavar="PNG", help=f"where to write the picture (default: RUN/{PLOT})")
 
 

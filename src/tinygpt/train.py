@@ -46,6 +46,7 @@ from .evaluate import bits_per_byte, evaluate
 from .loader import ShardSet, TrainLoader
 from .metrics import Metrics, plot_run
 from .model import GPT
+from .run import Run, find_checkpoint, run_of
 from .tokenizers import load_tokenizer
 
 CALIBRATION_STEPS = 3  # timed steps that turn a wall-clock budget into a step count
@@ -144,7 +145,8 @@ class Trainer:
         dist: Dist | None = None,
     ):
         self.cfg, t = cfg, cfg.train
-        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.data_dir = Path(data_dir)
+        self.run = Run(run_dir, keep_last=t.keep_last)
         self.dist = dist or Dist(device=autodetect_device(t.device))
         self.device = self.dist.device
         if t.threads:
@@ -152,12 +154,12 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run.folder.mkdir(parents=True, exist_ok=True)
 
         self.train_shards, self.val_shards = ShardSet(self.data_dir, "train"), ShardSet(self.data_dir, "val")
         self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
-        start = Path(resume) if resume else ckpt.find_checkpoint(init_from) if init_from else None
+        start = Path(resume) if resume else find_checkpoint(init_from) if init_from else None
         if start:
             self._check_tokenizer(start)
         self._resolve_tokenizer(cfg)
@@ -283,7 +285,7 @@ class Trainer:
             try:
                 ckpt.save_checkpoint(folder, state, dump_toml(self.cfg), self.data_dir / "tokenizer")
                 if resumable:
-                    ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
+                    self.run.prune()
             except OSError as e:
                 error = e
         if broadcast_from_main(float(error is not None), self.device):
@@ -314,7 +316,7 @@ class Trainer:
         loss_sum, n_bytes, stop_votes = all_reduce_sum(totals).tolist()
         loss = loss_sum / (t.grad_accum * self.dist.world_size)
         if not math.isfinite(loss):
-            last_good = ckpt.latest_checkpoint(self.run_dir)
+            last_good = self.run.latest()
             raise TinyGPTError(
                 f"the loss is {loss} at step {self.step + 1}: lower --train.lr (now {t.lr:g}), "
                 "keep --train.grad_clip on (e.g. 1.0) or try --train.dtype float32; "
@@ -391,9 +393,9 @@ class Trainer:
             self.max_steps = self.step + self.calibrate(remaining)
             self._print(f"time budget {t.max_time}: measured speed gives {self.max_steps:,} steps in all")
         if self.step >= self.max_steps:
-            self._print(f"{self.run_dir} is already trained to its budget of {self.max_steps:,} steps")
+            self._print(f"{self.run.folder} is already trained to its budget of {self.max_steps:,} steps")
             return None
-        metrics = Metrics(self.run_dir, self.resumed_from) if main else None
+        metrics = Metrics(self.run.folder, self.resumed_from) if main else None
         self._print(self._describe())
         old_handlers = self._install_signal_handlers()
         bar = None
@@ -425,7 +427,7 @@ class Trainer:
                     self._evaluate(metrics, bar)
                 self.elapsed = previous_elapsed + time.perf_counter() - started
                 if self.step % t.ckpt_interval == 0 or self.step == self.max_steps or out["stop"]:
-                    self.save(ckpt.step_folder(self.run_dir, self.step))
+                    self.save(self.run.step_folder(self.step))
                 if out["stop"]:
                     stopped_by = self.stop_signal or signal.SIGTERM  # or the signal went to another process
                     self._print(f"stopped by signal {stopped_by} at step {self.step}; resume with --resume auto")
@@ -446,7 +448,7 @@ class Trainer:
         best = self.step > 0 and (self.best_val_bpb is None or result["bpb"] < self.best_val_bpb)
         if best:
             self.best_val_bpb = result["bpb"]
-            self.save(self.run_dir / ckpt.BEST, resumable=False)
+            self.save(self.run.best, resumable=False)
         if metrics:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
             self._print(
@@ -487,12 +489,12 @@ class Trainer:
             sampler = Sampler(self.model, self.tokenizer, self.device)
             text = sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{text}\n---")
-        plot = plot_run(self.run_dir)
+        plot = plot_run(self.run.folder)
         best = f"{self.best_val_bpb:.4f}" if self.best_val_bpb is not None else "n/a"
         print(
             f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed)} "
             f"({session.tokens_per_s(self.tokens_per_step):,.0f} tokens/s this session); best val bpb {best}\n"
-            f"checkpoint {ckpt.step_folder(self.run_dir, self.step)} | best {self.run_dir / ckpt.BEST} | curve {plot}"
+            f"checkpoint {self.run.step_folder(self.step)} | best {self.run.best} | curve {plot}"
         )
 
     def _describe(self) -> str:
@@ -541,7 +543,7 @@ def prepare_if_needed(path: Path, run_dir: Path, cfg: Config, tokenizer_from: Pa
     of `tokenizer_from` (the checkpoint a run starts from) or a new one as the config says."""
     if (path / MANIFEST).is_file():
         return path
-    prepared = run_dir / "data"
+    prepared = Run(run_dir).data
     if not (prepared / MANIFEST).is_file():  # otherwise an earlier start of this run prepared it
         prepare([str(path)], prepared, cfg, tokenizer_from=str(tokenizer_from) if tokenizer_from else None)
     return prepared
@@ -617,7 +619,7 @@ def _run_folder(args) -> Path | None:
         raise TinyGPTError("--resume auto needs --out RUN: the run folder to continue")
     if args.resume:
         folder = Path(args.resume)
-        return folder.parent.parent if folder.parent.name == ckpt.CHECKPOINTS else folder.parent
+        return run_of(folder) or folder.parent
     return None
 
 
@@ -626,9 +628,9 @@ def _start_checkpoint(args, run_dir: Path | None) -> tuple[Path | None, Path | N
     if args.resume and args.init_from:
         raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
     if args.init_from:
-        return None, ckpt.find_checkpoint(args.init_from)
+        return None, find_checkpoint(args.init_from)
     if args.resume == "auto":
-        return ckpt.latest_checkpoint(run_dir), None  # None: nothing to resume yet, start the run
+        return Run(run_dir).latest(), None  # None: nothing to resume yet, start the run
     if args.resume:
         ckpt.read_progress(args.resume)  # complete and readable, or a one-line error
         return Path(args.resume), None
@@ -649,7 +651,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config or "tiny", overrides)
     run_dir = run_dir or Path("runs") / Path(args.config or "tiny").stem
-    if not resume and ckpt.latest_checkpoint(run_dir):
+    if not resume and Run(run_dir).latest():
         raise TinyGPTError(
             f"{run_dir} already holds checkpoints: continue it with --resume auto, or choose another --out"
         )

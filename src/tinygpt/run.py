@@ -1,0 +1,145 @@
+"""A training run's folder: its layout, and the one way every command opens a run or a checkpoint in it.
+
+    RUN/
+        data/                       raw text given to `tinygpt train`, prepared once for this run
+        checkpoints/step-0000001000/
+                                    a resumable checkpoint (checkpoint.py: what a checkpoint folder holds)
+        best/                       the weights of the best validation bits per byte so far
+        metrics.jsonl               one JSON object per logged point (metrics.py)
+        tensorboard/                the same points, when TensorBoard is installed
+        loss.png                    train and validation bits per byte against the step
+
+`Run` is the one owner of this layout: no other module spells these names. `sample`, `eval`,
+`export`, `serve` and `info` open a run with `find_checkpoint` or `load_model` (its best/
+checkpoint, else its newest), which also take a checkpoint folder itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .common import TinyGPTError
+
+DATA = "data"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+PLOT = "loss.png"
+_STEP_PREFIX = "step-"
+_STEP_NAME = re.compile(rf"{_STEP_PREFIX}(\d+)")
+
+
+class Run:
+    """A training run's folder (it need not exist yet): where each of its files goes and which checkpoints it holds.
+
+    keep_last: how many step checkpoints `prune` keeps (0: all).
+    """
+
+    def __init__(self, folder: str | Path, *, keep_last: int = 0):
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    # ------------------------------------------------------------ layout
+
+    @property
+    def data(self) -> Path:
+        """Where raw text given to `tinygpt train` is prepared (once) for this run."""
+        return self.folder / DATA
+
+    @property
+    def best(self) -> Path:
+        return self.folder / BEST
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / METRICS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.folder / TENSORBOARD
+
+    @property
+    def plot(self) -> Path:
+        return self.folder / PLOT
+
+    def step_folder(self, step: int) -> Path:
+        return self.folder / CHECKPOINTS / f"{_STEP_PREFIX}{step:010d}"
+
+    # ------------------------------------------------------------ the checkpoints it holds
+
+    def checkpoints(self) -> list[Path]:
+        """The complete step checkpoints, oldest first."""
+        found = []
+        for path in (self.folder / CHECKPOINTS).glob(f"{_STEP_PREFIX}*"):
+            match = _STEP_NAME.fullmatch(path.name)
+            if match and ckpt.is_complete(path):
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def latest(self) -> Path | None:
+        """The newest complete step checkpoint, None when there is none yet."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def prune(self) -> None:
+        """Keep the `keep_last` newest step checkpoints (0: all), and drop half-written leftovers."""
+        for leftover in (self.folder / CHECKPOINTS).glob(".*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if self.keep_last:
+            for path in self.checkpoints()[: -self.keep_last]:
+                shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------- opening a run or checkpoint
+
+
+def run_of(checkpoint: str | Path) -> Path | None:
+    """The run folder a checkpoint folder belongs to (RUN/best, RUN/checkpoints/step-N); None for one kept elsewhere."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name == BEST:
+        return checkpoint.parent
+    if checkpoint.parent.name == CHECKPOINTS:
+        return checkpoint.parent.parent
+    return None
+
+
+def is_best(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint folder is a run's best/: its weights scored the run's best validation bits per byte."""
+    return Path(checkpoint).name == BEST
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or for a run folder its best/ checkpoint, else its newest one.
+
+    Raises TinyGPTError when there is none, naming an interrupted writer for a step folder without its marker.
+    """
+    path = Path(path)
+    if ckpt.is_complete(path):
+        return path
+    run = Run(path)
+    if ckpt.is_complete(run.best):
+        return run.best
+    latest = run.latest()
+    if latest is None:
+        if path.is_dir() and path.name.startswith(_STEP_PREFIX):
+            raise TinyGPTError(
+                f"{path} is an incomplete checkpoint (no {ckpt.MARKER} marker): its writer was interrupted"
+            )
+        raise TinyGPTError(f"no checkpoint found in {path}")
+    return latest
+
+
+def load_model(path: str | Path):
+    """The model (on the CPU, in eval mode) and tokenizer of a checkpoint or run folder (see find_checkpoint)."""
+    from .model import GPT
+    from .tokenizers import load_tokenizer
+
+    folder = find_checkpoint(path)
+    ckpt.read_progress(folder)
+    model = GPT(ckpt.read_config(folder).model)
+    ckpt.load_weights(model, folder)
+    return model.eval(), load_tokenizer(folder / ckpt.TOKENIZER)
