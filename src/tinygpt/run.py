@@ -9,9 +9,12 @@
         tensorboard/                the same points, when TensorBoard is installed
         loss.png                    train and validation bits per byte against the step
 
-`Run` is the one owner of this layout: no other module spells these names. `sample`, `eval`,
-`export`, `serve` and `info` open a run with `find_checkpoint` or `load_model` (its best/
-checkpoint, else its newest), which also take a checkpoint folder itself.
+`Run` is the one owner of this layout (no other module spells these names) and makes the
+decisions about it, in the spirit of torchtitan's checkpointer: the trainer asks it whether a
+step is saved, hands it the state to write (it prunes the old checkpoints), tells it every
+validation score (it decides what is best) and learns from it where to resume. `sample`,
+`eval`, `export`, `serve` and `info` open a run with `find_checkpoint` or `load_model` (its
+best/ checkpoint, else its newest), which also take a checkpoint folder itself.
 """
 
 from __future__ import annotations
@@ -34,14 +37,23 @@ _STEP_NAME = re.compile(rf"{_STEP_PREFIX}(\d+)")
 
 
 class Run:
-    """A training run's folder (it need not exist yet): where each of its files goes and which checkpoints it holds.
+    """A training run's folder (it need not exist yet): where each of its files goes, which checkpoints
+    it holds, and the decisions about them.
 
-    keep_last: how many step checkpoints `prune` keeps (0: all).
+    ckpt_interval: a step checkpoint every this many steps (0: only after the final step);
+    keep_last: how many step checkpoints to keep (0: all). The best validation bits per byte so
+    far is the run's state (`state_dict`), saved in every checkpoint's progress.
     """
 
-    def __init__(self, folder: str | Path, *, keep_last: int = 0):
+    def __init__(self, folder: str | Path, *, ckpt_interval: int = 0, keep_last: int = 0):
         self.folder = Path(folder)
-        self.keep_last = keep_last
+        self.ckpt_interval, self.keep_last = ckpt_interval, keep_last
+        self.best_val_bpb: float | None = None
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> Run:
+        """The run a checkpoint folder belongs to; for one kept outside a run, the folder that holds it."""
+        return cls(run_of(checkpoint) or Path(checkpoint).parent)
 
     # ------------------------------------------------------------ layout
 
@@ -84,6 +96,58 @@ class Run:
         """The newest complete step checkpoint, None when there is none yet."""
         found = self.checkpoints()
         return found[-1] if found else None
+
+    # ------------------------------------------------------------ decisions
+
+    def resume_point(self, resume: str | Path) -> Path | None:
+        """The checkpoint to continue from: for "auto" the newest complete one (None when there is
+        none yet: the run starts from the beginning), else the checkpoint folder given.
+
+        Raises TinyGPTError when the folder given is not a complete, readable checkpoint.
+        """
+        if resume == "auto":
+            return self.latest()
+        ckpt.read_progress(resume)
+        return Path(resume)
+
+    def should_save(self, step: int, final: bool) -> bool:
+        """Whether to write a step checkpoint after `step`: every ckpt_interval steps, and after the
+        final step (`final`: the budget is spent or a stop was asked for)."""
+        return final or (self.ckpt_interval > 0 and step % self.ckpt_interval == 0)
+
+    def update_best(self, step: int, val_bpb: float) -> bool:
+        """Whether `val_bpb` (validation bits per byte at `step`) is the best of the run so far, which
+        it then becomes. The untrained model's score (step 0) never is."""
+        best = step > 0 and (self.best_val_bpb is None or val_bpb < self.best_val_bpb)
+        if best:
+            self.best_val_bpb = val_bpb
+        return best
+
+    def state_dict(self) -> dict:
+        """What the run's decisions depend on, as JSON values for a checkpoint's progress."""
+        return {"best_val_bpb": self.best_val_bpb}
+
+    def load_state_dict(self, progress: dict) -> None:
+        self.best_val_bpb = progress["best_val_bpb"]
+
+    # ------------------------------------------------------------ writing (one process: rank 0)
+
+    def save(self, step: int, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:
+        """Write the resumable checkpoint of `step`, then drop all but the keep_last newest.
+
+        state: as checkpoint.save_checkpoint takes it; its "progress" is free JSON, kept as given:
+        the step, the step budget and whatever a budget was decided from belong there. Raises
+        OSError (a full disk) with the previous checkpoints untouched.
+        """
+        folder = ckpt.save_checkpoint(self.step_folder(step), state, config_toml, tokenizer_dir)
+        self.prune()
+        return folder
+
+    def save_best(self, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:
+        """Replace best/ with `state`'s weights and progress: a checkpoint to use, not to resume (no
+        optimizer or random state). Raises OSError (a full disk) with the previous best/ untouched."""
+        weights_only = {key: value for key, value in state.items() if key not in ("optimizer", "ranks")}
+        return ckpt.save_checkpoint(self.best, weights_only, config_toml, tokenizer_dir)
 
     def prune(self) -> None:
         """Keep the `keep_last` newest step checkpoints (0: all), and drop half-written leftovers."""

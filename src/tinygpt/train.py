@@ -46,7 +46,7 @@ from .evaluate import bits_per_byte, evaluate
 from .loader import ShardSet, TrainLoader
 from .metrics import Metrics, plot_run
 from .model import GPT
-from .run import Run, find_checkpoint, run_of
+from .run import Run, find_checkpoint
 from .tokenizers import load_tokenizer
 
 CALIBRATION_STEPS = 3  # timed steps that turn a wall-clock budget into a step count
@@ -146,7 +146,7 @@ class Trainer:
     ):
         self.cfg, t = cfg, cfg.train
         self.data_dir = Path(data_dir)
-        self.run = Run(run_dir, keep_last=t.keep_last)
+        self.run = Run(run_dir, ckpt_interval=t.ckpt_interval, keep_last=t.keep_last)
         self.dist = dist or Dist(device=autodetect_device(t.device))
         self.device = self.dist.device
         if t.threads:
@@ -164,7 +164,8 @@ class Trainer:
             self._check_tokenizer(start)
         self._resolve_tokenizer(cfg)
         if start:
-            ckpt.check_architecture(ckpt.read_config(start).model, cfg.model, start)
+            saved = ckpt.read_config(start)
+            ckpt.check_architecture(saved.model, cfg.model, start)
 
         seed = t.seed + self.dist.rank  # dropout differs per process; DDP copies rank 0's initial weights
         random.seed(seed)
@@ -182,11 +183,10 @@ class Trainer:
         self.tokens_per_step = t.batch_size * cfg.model.block_size * t.grad_accum * self.dist.world_size
 
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.best_val_bpb: float | None = None
         self.max_steps: int | None = None  # resolved in fit() when the budget is wall-clock time
         if resume:
             self.load_state_dict(ckpt.read_training_state(start, self.dist.rank, self.dist.world_size))
-            self._keep_or_reset_budget(start)
+            self._keep_or_reset_budget(saved.train)
         else:
             if init_from:
                 ckpt.load_weights(self.model, start)
@@ -232,10 +232,9 @@ class Trainer:
                 f"(hash {self.tokenizer.hash} vs {saved}): prepare it with --tokenizer-from {folder}"
             )
 
-    def _keep_or_reset_budget(self, folder: Path) -> None:
+    def _keep_or_reset_budget(self, saved: TrainConfig) -> None:
         """Keep the resumed run's step budget, so its schedule is the one it started with;
         a budget changed on the command line is resolved again (the schedule then stretches)."""
-        saved = ckpt.read_config(folder).train
         if all(getattr(saved, k) == getattr(self.cfg.train, k) for k in BUDGET_KEYS):
             return
         self.max_steps = None if self.cfg.train.max_time else steps_for_tokens(self.cfg.train, self.tokens_per_step)
@@ -253,7 +252,7 @@ class Trainer:
                 "max_steps": self.max_steps,
                 "tokens": self.tokens,
                 "elapsed_s": round(self.elapsed, 3),
-                "best_val_bpb": self.best_val_bpb,
+                **self.run.state_dict(),
                 "grad_scaler": self.scaler.state_dict(),
                 "world_size": self.dist.world_size,
                 "tokenizer_hash": self.tokenizer.hash,
@@ -268,27 +267,29 @@ class Trainer:
         self.loader.load_state_dict(state["rank"]["loader"])
         p = state["progress"]
         self.step, self.max_steps, self.tokens, self.elapsed = p["step"], p["max_steps"], p["tokens"], p["elapsed_s"]
-        self.best_val_bpb = p["best_val_bpb"]
+        self.run.load_state_dict(p)
         if p["grad_scaler"]:
             self.scaler.load_state_dict(p["grad_scaler"])
 
-    def save(self, folder: Path, resumable: bool = True) -> None:
-        """Write a checkpoint from rank 0, with every rank's random state; all ranks learn if it failed."""
+    def save(self, best: bool = False) -> None:
+        """Write this step's checkpoint (with every rank's random state), or best/, from rank 0;
+        all ranks learn if it failed."""
         state = self.state_dict()
-        ranks = gather_to_main(state.pop("rank")) if resumable else None
+        rank = state.pop("rank")  # this process's random streams and loader position
+        if not best:
+            state["ranks"] = gather_to_main(rank)  # every process's, on rank 0
         error = None
         if self.dist.is_main:
-            if resumable:
-                state["ranks"] = ranks
-            else:
-                del state["optimizer"]
+            files = dump_toml(self.cfg), self.data_dir / "tokenizer"
             try:
-                ckpt.save_checkpoint(folder, state, dump_toml(self.cfg), self.data_dir / "tokenizer")
-                if resumable:
-                    self.run.prune()
+                if best:
+                    self.run.save_best(state, *files)
+                else:
+                    self.run.save(self.step, state, *files)
             except OSError as e:
                 error = e
         if broadcast_from_main(float(error is not None), self.device):
+            folder = self.run.best if best else self.run.step_folder(self.step)
             raise error or TinyGPTError(f"rank 0 could not write the checkpoint {folder}")
 
     # ------------------------------------------------------------ one step
@@ -426,8 +427,8 @@ class Trainer:
                 if self.step % t.eval_interval == 0 or self.step == self.max_steps:
                     self._evaluate(metrics, bar)
                 self.elapsed = previous_elapsed + time.perf_counter() - started
-                if self.step % t.ckpt_interval == 0 or self.step == self.max_steps or out["stop"]:
-                    self.save(self.run.step_folder(self.step))
+                if self.run.should_save(self.step, final=self.step == self.max_steps or out["stop"]):
+                    self.save()
                 if out["stop"]:
                     stopped_by = self.stop_signal or signal.SIGTERM  # or the signal went to another process
                     self._print(f"stopped by signal {stopped_by} at step {self.step}; resume with --resume auto")
@@ -445,10 +446,9 @@ class Trainer:
 
     def _evaluate(self, metrics: Metrics | None, bar=None) -> None:
         result = self.evaluate()
-        best = self.step > 0 and (self.best_val_bpb is None or result["bpb"] < self.best_val_bpb)
+        best = self.run.update_best(self.step, result["bpb"])
         if best:
-            self.best_val_bpb = result["bpb"]
-            self.save(self.run.best, resumable=False)
+            self.save(best=True)
         if metrics:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
             self._print(
@@ -490,7 +490,7 @@ class Trainer:
             text = sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{text}\n---")
         plot = plot_run(self.run.folder)
-        best = f"{self.best_val_bpb:.4f}" if self.best_val_bpb is not None else "n/a"
+        best = f"{self.run.best_val_bpb:.4f}" if self.run.best_val_bpb is not None else "n/a"
         print(
             f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed)} "
             f"({session.tokens_per_s(self.tokens_per_step):,.0f} tokens/s this session); best val bpb {best}\n"
@@ -537,13 +537,13 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------- `tinygpt train`
 
 
-def prepare_if_needed(path: Path, run_dir: Path, cfg: Config, tokenizer_from: Path | None = None) -> Path:
+def prepare_if_needed(path: Path, run: Run, cfg: Config, tokenizer_from: Path | None = None) -> Path:
     """The prepared-data folder to train on: `path` itself when prepared, else raw text
     (.txt/.jsonl/.json files, folders, globs) prepared once into RUN/data, with the tokenizer
     of `tokenizer_from` (the checkpoint a run starts from) or a new one as the config says."""
     if (path / MANIFEST).is_file():
         return path
-    prepared = Run(run_dir).data
+    prepared = run.data
     if not (prepared / MANIFEST).is_file():  # otherwise an earlier start of this run prepared it
         prepare([str(path)], prepared, cfg, tokenizer_from=str(tokenizer_from) if tokenizer_from else None)
     return prepared
@@ -611,49 +611,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-def _run_folder(args) -> Path | None:
-    """--out, or for --resume CHECKPOINT the run that checkpoint belongs to (RUN/checkpoints/step-N)."""
-    if args.out:
-        return Path(args.out)
-    if args.resume == "auto":
-        raise TinyGPTError("--resume auto needs --out RUN: the run folder to continue")
-    if args.resume:
-        folder = Path(args.resume)
-        return run_of(folder) or folder.parent
-    return None
-
-
-def _start_checkpoint(args, run_dir: Path | None) -> tuple[Path | None, Path | None]:
-    """(checkpoint to resume, checkpoint to start a new run from) as the command line asks."""
-    if args.resume and args.init_from:
-        raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
-    if args.init_from:
-        return None, find_checkpoint(args.init_from)
-    if args.resume == "auto":
-        return Run(run_dir).latest(), None  # None: nothing to resume yet, start the run
-    if args.resume:
-        ckpt.read_progress(args.resume)  # complete and readable, or a one-line error
-        return Path(args.resume), None
-    return None, None
-
-
 def run_train(args: argparse.Namespace) -> int:
     overrides = dict(args.overrides)
     if args.device:
         overrides["train.device"] = args.device
     if args.max_time:
         overrides["train.max_time"] = args.max_time
-    run_dir = _run_folder(args)
-    resume, init_from = _start_checkpoint(args, run_dir)
+    if args.resume == "auto" and not args.out:
+        raise TinyGPTError("--resume auto needs --out RUN: the run folder to continue")
+    if args.resume and args.init_from:
+        raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
+    run = Run(args.out) if args.out else Run.of_checkpoint(args.resume) if args.resume else None
+    resume = run.resume_point(args.resume) if args.resume else None
+    init_from = find_checkpoint(args.init_from) if args.init_from else None
     start = resume or init_from
     if args.config is None and start:  # the checkpoint's own config, with the command line's changes
         cfg = load_config(None, overrides, base=ckpt.read_config(start).to_dict())
     else:
         cfg = load_config(args.config or "tiny", overrides)
-    run_dir = run_dir or Path("runs") / Path(args.config or "tiny").stem
-    if not resume and Run(run_dir).latest():
+    run = run or Run(Path("runs") / Path(args.config or "tiny").stem)
+    if not resume and run.latest():
         raise TinyGPTError(
-            f"{run_dir} already holds checkpoints: continue it with --resume auto, or choose another --out"
+            f"{run.folder} already holds checkpoints: continue it with --resume auto, or choose another --out"
         )
     data = args.data or (ckpt.read_progress(resume)["data"] if resume else None)
     if not data:
@@ -664,10 +643,10 @@ def run_train(args: argparse.Namespace) -> int:
         # Rank 0 prepares raw text; the other processes wait, then find it prepared.
         if not dist.is_main:
             barrier()
-        data_dir = prepare_if_needed(Path(data), run_dir, cfg, tokenizer_from=start)
+        data_dir = prepare_if_needed(Path(data), run, cfg, tokenizer_from=start)
         if dist.is_main:
             barrier()
-        trainer = Trainer(cfg, data_dir, run_dir, resume=resume, init_from=init_from, dist=dist)
+        trainer = Trainer(cfg, data_dir, run.folder, resume=resume, init_from=init_from, dist=dist)
         stopped_by = trainer.fit()
         barrier()  # nobody tears the process group down while rank 0 still writes the sample and plot
     finally:
