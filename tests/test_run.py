@@ -1,10 +1,14 @@
-"""The run folder's decisions: when to save, what is best, where to resume, which run a checkpoint is in."""
+"""The run folder's decisions: when to save, what is best, where to resume, which run a checkpoint is in;
+and its start record."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tinygpt.common import TinyGPTError
+from tinygpt.config import load_config
 from tinygpt.run import Run, find_checkpoint, is_best, run_of
 
 
@@ -48,3 +52,12 @@ def test_the_run_a_checkpoint_belongs_to(tmp_path):
     assert Run.of_checkpoint(run.step_folder(100)).folder == run.folder
     assert Run.of_checkpoint(tmp_path / "elsewhere").folder == tmp_path  # a checkpoint outside a run
     assert is_best(run.best) and not is_best(run.step_folder(100))
+
+
+def test_the_start_record_holds_what_the_run_was_asked_to_do(tmp_path):
+    cfg = load_config("tiny", {"train.max_iters": "7"})
+    run = Run(tmp_path / "new")
+    run.record_start(cfg, tmp_path / "text.txt", None)
+    record = json.loads(run.start.read_text())
+    assert record["data"] == str(tmp_path / "text.txt") and record["init_from"] is None
+    assert load_config(None, base=record["config"]) == cfg

@@ -1,6 +1,7 @@
 """A training run's folder: its layout, and the one way every command opens a run or a checkpoint in it.
 
     RUN/
+        run.json                    the start record: config, data and starting weights of a new run
         data/                       raw text given to `tinygpt train`, prepared once for this run
         checkpoints/step-0000001000/
                                     a resumable checkpoint (checkpoint.py: what a checkpoint folder holds)
@@ -8,6 +9,7 @@
         metrics.jsonl               one JSON object per logged point (metrics.py)
         tensorboard/                the same points, when TensorBoard is installed
         loss.png                    train and validation bits per byte against the step
+        samples.jsonl               text sampled while training (reserved: nothing writes it yet)
 
 `Run` is the one owner of this layout (no other module spells these names) and makes the
 decisions about it, in the spirit of torchtitan's checkpointer: the trainer asks it whether a
@@ -24,14 +26,18 @@ import shutil
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .common import TinyGPTError
+from .common import TinyGPTError, atomic_write_json
+from .config import Config
 
+START = "run.json"
+START_FORMAT_VERSION = 1
 DATA = "data"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
+SAMPLES = "samples.jsonl"
 _STEP_PREFIX = "step-"
 _STEP_NAME = re.compile(rf"{_STEP_PREFIX}(\d+)")
 
@@ -58,6 +64,11 @@ class Run:
     # ------------------------------------------------------------ layout
 
     @property
+    def start(self) -> Path:
+        """The start record (see record_start)."""
+        return self.folder / START
+
+    @property
     def data(self) -> Path:
         """Where raw text given to `tinygpt train` is prepared (once) for this run."""
         return self.folder / DATA
@@ -77,6 +88,11 @@ class Run:
     @property
     def plot(self) -> Path:
         return self.folder / PLOT
+
+    @property
+    def samples(self) -> Path:
+        """Reserved for text sampled while training, one JSON object per sample."""
+        return self.folder / SAMPLES
 
     def step_folder(self, step: int) -> Path:
         return self.folder / CHECKPOINTS / f"{_STEP_PREFIX}{step:010d}"
@@ -131,6 +147,22 @@ class Run:
         self.best_val_bpb = progress["best_val_bpb"]
 
     # ------------------------------------------------------------ writing (one process: rank 0)
+
+    def record_start(self, cfg: Config, data: str | Path, init_from: str | Path | None) -> None:
+        """Write run.json when a new run starts, before any data is prepared or step taken: the config
+        as given (before the data's tokenizer fills in the vocabulary), the data (raw text or a
+        prepared folder) and the checkpoint whose weights it starts from, as absolute paths. It is
+        what a run killed before its first checkpoint was asked to do. Raises OSError (no space, no
+        permission) from the file system.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "format_version": START_FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "data": str(Path(data).resolve()),
+            "init_from": str(Path(init_from).resolve()) if init_from else None,
+        }
+        atomic_write_json(self.start, record)
 
     def save(self, step: int, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:
         """Write the resumable checkpoint of `step`, then drop all but the keep_last newest.

@@ -640,9 +640,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     dist = init_distributed(cfg.train.device)
     try:
-        # Rank 0 prepares raw text; the other processes wait, then find it prepared.
+        # Rank 0 records a new run's start and prepares raw text; the other processes wait, then find it prepared.
         if not dist.is_main:
             barrier()
+        elif not resume:
+            run.record_start(cfg, data, init_from)
         data_dir = prepare_if_needed(Path(data), run, cfg, tokenizer_from=start)
         if dist.is_main:
             barrier()
