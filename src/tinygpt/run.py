@@ -46,13 +46,22 @@ class Run:
     """A training run's folder (it need not exist yet): where each of its files goes, which checkpoints
     it holds, and the decisions about them.
 
-    ckpt_interval: a step checkpoint every this many steps (0: only after the final step);
-    keep_last: how many step checkpoints to keep (0: all). The best validation bits per byte so
-    far is the run's state (`state_dict`), saved in every checkpoint's progress.
+    Its files are attributes: start, data, best, metrics, tensorboard, plot, samples (see the
+    module's docstring); step checkpoints come from step_folder. ckpt_interval: a step checkpoint
+    every this many steps (0: only after the final step); keep_last: how many step checkpoints to
+    keep (0: all). The best validation bits per byte so far is the run's state (`state_dict`),
+    saved in every checkpoint's progress.
     """
 
     def __init__(self, folder: str | Path, *, ckpt_interval: int = 0, keep_last: int = 0):
         self.folder = Path(folder)
+        self.start = self.folder / START  # see record_start
+        self.data = self.folder / DATA  # raw text given to `tinygpt train`, prepared once
+        self.best = self.folder / BEST
+        self.metrics = self.folder / METRICS
+        self.tensorboard = self.folder / TENSORBOARD
+        self.plot = self.folder / PLOT
+        self.samples = self.folder / SAMPLES  # reserved for text sampled while training, a JSON object a sample
         self.ckpt_interval, self.keep_last = ckpt_interval, keep_last
         self.best_val_bpb: float | None = None
 
@@ -61,43 +70,10 @@ class Run:
         """The run a checkpoint folder belongs to; for one kept outside a run, the folder that holds it."""
         return cls(run_of(checkpoint) or Path(checkpoint).parent)
 
-    # ------------------------------------------------------------ layout
-
-    @property
-    def start(self) -> Path:
-        """The start record (see record_start)."""
-        return self.folder / START
-
-    @property
-    def data(self) -> Path:
-        """Where raw text given to `tinygpt train` is prepared (once) for this run."""
-        return self.folder / DATA
-
-    @property
-    def best(self) -> Path:
-        return self.folder / BEST
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / METRICS
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.folder / TENSORBOARD
-
-    @property
-    def plot(self) -> Path:
-        return self.folder / PLOT
-
-    @property
-    def samples(self) -> Path:
-        """Reserved for text sampled while training, one JSON object per sample."""
-        return self.folder / SAMPLES
+    # ------------------------------------------------------------ the checkpoints it holds
 
     def step_folder(self, step: int) -> Path:
         return self.folder / CHECKPOINTS / f"{_STEP_PREFIX}{step:010d}"
-
-    # ------------------------------------------------------------ the checkpoints it holds
 
     def checkpoints(self) -> list[Path]:
         """The complete step checkpoints, oldest first."""
