@@ -48,10 +48,11 @@ import httpx
 import psutil
 import torch
 
-from tinygpt.checkpoint import save_checkpoint, step_folder
+from tinygpt.checkpoint import save_checkpoint
 from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml
 from tinygpt.generate import Sampler
 from tinygpt.model import GPT
+from tinygpt.run import Run as RunFolder
 from tinygpt.tokenizers import CharTokenizer
 
 SHAPES = {
@@ -72,7 +73,7 @@ def write_checkpoint(cfg: ModelConfig, folder: Path) -> Path:
     torch.manual_seed(0)
     model = GPT(cfg)
     config = dump_toml(Config(model=cfg, tokenizer=TokenizerConfig(kind="char")))
-    return save_checkpoint(step_folder(folder, 1), {"model": model.state_dict(), "progress": {"step": 1}}, config, folder / "tokenizer")
+    return save_checkpoint(RunFolder(folder).step_folder(1), {"model": model.state_dict(), "progress": {"step": 1}}, config, folder / "tokenizer")
 
 
 @dataclass

@@ -46,12 +46,12 @@ def exact_bpb(run_dir: Path, data_dir: Path) -> dict:
     """Bits per byte of the run's last checkpoint over every validation token."""
     import torch
 
-    from tinygpt import checkpoint as ckpt
     from tinygpt.evaluate import evaluate
+    from tinygpt.run import Run, load_model
     from tinygpt.shards import ShardSet
 
-    final = ckpt.latest_checkpoint(run_dir)
-    model, tokenizer = ckpt.load_model(final)
+    final = Run(run_dir).latest()
+    model, tokenizer = load_model(final)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
     result = evaluate(model, ShardSet(data_dir, "val"), token_bytes, model.cfg.block_size, batch_size=64, max_windows=0)
     return {"checkpoint": final.name, **result}

@@ -28,9 +28,10 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
 
 import torch
 
-from tinygpt.checkpoint import save_checkpoint, step_folder
+from tinygpt.checkpoint import save_checkpoint
 from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml
 from tinygpt.model import GPT
+from tinygpt.run import Run
 from tinygpt.tokenizers import train_tokenizer
 
 STORIES = """\
@@ -78,7 +79,7 @@ def train_checkpoint(run: Path) -> None:
         torch.set_num_threads(threads)
     tokenizer.save(run / "tokenizer")
     config = dump_toml(Config(model=cfg, tokenizer=TokenizerConfig(kind="char")))
-    save_checkpoint(step_folder(run, 300), {"model": model.state_dict(), "progress": {"step": 300}}, config, run / "tokenizer")
+    save_checkpoint(Run(run).step_folder(300), {"model": model.state_dict(), "progress": {"step": 300}}, config, run / "tokenizer")
 
 
 @pytest.fixture

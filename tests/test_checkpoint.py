@@ -14,6 +14,7 @@ from tinygpt import checkpoint as ckpt
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig
 from tinygpt.model import GPT
+from tinygpt.run import Run, find_checkpoint
 
 
 def tiny_model(seed: int = 0, **overrides) -> GPT:
@@ -108,27 +109,27 @@ def test_checkpoint_holds_no_pickles(tmp_path, tokenizer_dir):
 def test_incomplete_folders_are_ignored_and_old_ones_pruned(tmp_path, tokenizer_dir):
     model = tiny_model()
     for step in (10, 20, 30):
-        save(ckpt.step_folder(tmp_path, step), model, tokenizer_dir=tokenizer_dir, step=step)
-    half = ckpt.step_folder(tmp_path, 40)
+        save(Run(tmp_path).step_folder(step), model, tokenizer_dir=tokenizer_dir, step=step)
+    half = Run(tmp_path).step_folder(40)
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"half of a file")
     leftover = tmp_path / "checkpoints" / ".step-0000000050.tmp"
     leftover.mkdir()
 
-    assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_folder(tmp_path, 30)
-    assert ckpt.find_checkpoint(tmp_path) == ckpt.step_folder(tmp_path, 30)
+    assert Run(tmp_path).latest() == Run(tmp_path).step_folder(30)
+    assert find_checkpoint(tmp_path) == Run(tmp_path).step_folder(30)
     with pytest.raises(TinyGPTError, match="incomplete checkpoint"):
-        ckpt.find_checkpoint(half)
+        find_checkpoint(half)
 
-    ckpt.prune_checkpoints(tmp_path, keep_last=2)
-    assert ckpt.list_checkpoints(tmp_path) == [ckpt.step_folder(tmp_path, 20), ckpt.step_folder(tmp_path, 30)]
+    Run(tmp_path, keep_last=2).prune()
+    assert Run(tmp_path).checkpoints() == [Run(tmp_path).step_folder(20), Run(tmp_path).step_folder(30)]
     assert not leftover.exists()
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, tokenizer_dir, monkeypatch):
     model = tiny_model()
     opt = trained(model)
-    good = save(ckpt.step_folder(tmp_path, 10), model, opt, step=10, tokenizer_dir=tokenizer_dir)
+    good = save(Run(tmp_path).step_folder(10), model, opt, step=10, tokenizer_dir=tokenizer_dir)
     before = {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
 
     def disk_full(path, tree):
@@ -137,8 +138,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, tokenize
 
     monkeypatch.setattr(ckpt, "save_tree", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        save(ckpt.step_folder(tmp_path, 20), model, opt, step=20, tokenizer_dir=tokenizer_dir)
-    assert ckpt.list_checkpoints(tmp_path) == [good]
+        save(Run(tmp_path).step_folder(20), model, opt, step=20, tokenizer_dir=tokenizer_dir)
+    assert Run(tmp_path).checkpoints() == [good]
     assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [good.name]  # no temporary folder left
 

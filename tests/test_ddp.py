@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from tinygpt import checkpoint as ckpt
 from tinygpt.config import load_config
+from tinygpt.run import Run
 from tinygpt.train import Trainer
 
 # dropout off: each process draws its own dropout masks, which no single process reproduces
@@ -95,16 +96,16 @@ def test_two_processes_train_like_one_with_the_whole_batch(ddp_run, char_data, t
     for key in ddp:
         assert ddp[key]["loss"] == pytest.approx(one[key]["loss"], abs=1e-5), key
         assert ddp[key]["tokens"] == one[key]["tokens"]
-    assert_close_weights(ckpt.step_folder(ddp_run, 6), ckpt.step_folder(single, 6), atol=1e-5)
+    assert_close_weights(Run(ddp_run).step_folder(6), Run(single).step_folder(6), atol=1e-5)
 
-    folder = ckpt.step_folder(ddp_run, 6)
+    folder = Run(ddp_run).step_folder(6)
     assert {"rank-00000.safetensors", "rank-00001.safetensors"} <= {p.name for p in folder.iterdir()}
     assert ckpt.read_progress(folder)["world_size"] == 2
 
 
 def test_a_ddp_checkpoint_resumes_under_ddp(ddp_run, tmp_path):
     run = tmp_path / "resumed"
-    shutil.copytree(ckpt.step_folder(ddp_run, 3), ckpt.step_folder(run, 3))
+    shutil.copytree(Run(ddp_run).step_folder(3), Run(run).step_folder(3))
     result = torchrun("--out", str(run), "--resume", "auto")
     assert "resuming at step 3" in result.stdout
-    assert_close_weights(ckpt.step_folder(ddp_run, 6), ckpt.step_folder(run, 6), atol=0)
+    assert_close_weights(Run(ddp_run).step_folder(6), Run(run).step_folder(6), atol=0)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tinygpt.config import load_config
-from tinygpt.evaluate import activation_bytes, evaluate_path, model_info
+from tinygpt.evaluate import evaluate_path
+from tinygpt.info import activation_bytes, model_info
 from tinygpt.tokenizers import load_tokenizer
 from tinygpt.train import Trainer
 

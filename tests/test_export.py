@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tinygpt.checkpoint import BEST, save_checkpoint
+from tinygpt.checkpoint import save_checkpoint
 from tinygpt.common import TinyGPTError
 from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml
 from tinygpt.export import HF_FAMILIES, CardInfo, export_hf
 from tinygpt.generate import generate_ids
 from tinygpt.model import FAMILIES, GPT
+from tinygpt.run import Run
 from tinygpt.tokenizers import SentencePieceTokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -186,7 +187,7 @@ def save_run(run, model: GPT, tokenizer) -> None:
     tokenizer.save(run / "tokenizer")
     progress = {"step": 40, "tokens": 10_240, "best_val_bpb": 2.345, "data": str(run / "data")}
     config = Config(model=model.cfg, tokenizer=TokenizerConfig(kind=tokenizer.kind))
-    save_checkpoint(run / BEST, {"model": model.state_dict(), "progress": progress}, dump_toml(config), run / "tokenizer")
+    save_checkpoint(Run(run).best, {"model": model.state_dict(), "progress": progress}, dump_toml(config), run / "tokenizer")
 
 
 def test_cli_exports_a_run(char_tokenizer, tmp_path, tinygpt_command):

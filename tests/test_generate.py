@@ -16,12 +16,13 @@ import sys
 import pytest
 import torch
 
-from tinygpt.checkpoint import MARKER, STATE, save_checkpoint, step_folder
+from tinygpt.checkpoint import MARKER, STATE, save_checkpoint
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import Config, ModelConfig, dump_toml
 from tinygpt.generate import Sampler, TextStream, context_keep, generate_ids, sample_next
 from tinygpt.model import GPT
+from tinygpt.run import Run
 from tinygpt.tokenizers import train_tokenizer
 
 FAMILIES = ["gpt2", "llama"]
@@ -228,7 +229,7 @@ def run_dir(tmp_path_factory, bpe, stories):
         tokenizer.save(root / name / "tokenizer-src")
         config = dump_toml(Config(model=model.cfg))
         state = {"model": model.state_dict(), "progress": {"step": 10}}
-        save_checkpoint(step_folder(root / name, 10), state, config, root / name / "tokenizer-src")
+        save_checkpoint(Run(root / name).step_folder(10), state, config, root / name / "tokenizer-src")
     return root / "run"
 
 
@@ -276,7 +277,7 @@ def test_cli_keeps_the_tail_of_a_long_prompt_with_a_warning(run_dir, capsys, std
 
 def _broken_checkpoint(run_dir, tmp_path, damage: str):
     folder = tmp_path / "step-0000000010"
-    shutil.copytree(step_folder(run_dir, 10), folder)
+    shutil.copytree(Run(run_dir).step_folder(10), folder)
     if damage == "incomplete":
         (folder / MARKER).unlink()
     else:

@@ -22,10 +22,12 @@ from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
+from tinygpt.metrics import Metrics, read_metrics
 from tinygpt.model import GPT
+from tinygpt.run import Run, load_model
 from tinygpt.shards import ShardSet
 from tinygpt.tokenizers import load_tokenizer
-from tinygpt.train import Metrics, Trainer, lr_at, make_optimizer, read_metrics, steps_for_tokens
+from tinygpt.train import Trainer, lr_at, make_optimizer, steps_for_tokens
 
 # A model that trains in milliseconds a step, on one thread so that results are bit-exact.
 TINY = {
@@ -165,9 +167,9 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
     assert [r["step"] for r in rows if r["kind"] == "train"] == [10, 20, 30, 40, 50, 60]
     assert all(r["bpb"] > 0 and r["tokens_per_s"] > 0 for r in rows if r["kind"] == "train")
 
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000000040", "step-0000000060"]  # keep_last 2
+    assert [p.name for p in Run(run).checkpoints()] == ["step-0000000040", "step-0000000060"]  # keep_last 2
     assert ckpt.read_progress(run / "best")["step"] == 60
-    model, tokenizer = ckpt.load_model(run)  # what sampling and export load: the best checkpoint
+    model, tokenizer = load_model(run)  # what sampling and export load: the best checkpoint
     assert not model.training and tokenizer.vocab_size == model.cfg.vocab_size
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights(run / "best").items())
     assert (run / "loss.png").stat().st_size > 0
@@ -181,13 +183,13 @@ def test_resume_is_bit_exact(char_data, tmp_path):
     Trainer(cfg, char_data, tmp_path / "straight").fit()
 
     resumed_run = tmp_path / "resumed"
-    step10 = ckpt.step_folder(resumed_run, 10)
-    shutil.copytree(ckpt.step_folder(tmp_path / "straight", 10), step10)
+    step10 = Run(resumed_run).step_folder(10)
+    shutil.copytree(Run(tmp_path / "straight").step_folder(10), step10)
     torch.manual_seed(123)  # whatever state the process is in, the checkpoint's is restored
     trainer = Trainer(cfg, char_data, resumed_run, resume=step10)
     assert trainer.step == 10
     trainer.fit()
-    assert_same_weights(ckpt.step_folder(tmp_path / "straight", 30), ckpt.step_folder(resumed_run, 30))
+    assert_same_weights(Run(tmp_path / "straight").step_folder(30), Run(resumed_run).step_folder(30))
 
 
 def test_time_budget_becomes_a_saved_step_count(char_data, tmp_path, capsys):
@@ -197,7 +199,7 @@ def test_time_budget_becomes_a_saved_step_count(char_data, tmp_path, capsys):
     assert trainer.max_steps is None
     trainer.fit()
     assert "time budget 1s: measured speed gives" in capsys.readouterr().out
-    final = ckpt.latest_checkpoint(tmp_path)
+    final = Run(tmp_path).latest()
     progress = ckpt.read_progress(final)
     assert progress["max_steps"] == progress["step"] == trainer.max_steps >= 1
 
@@ -211,7 +213,7 @@ def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tm
     base = weights(tmp_path / "base" / "best")
     assert all(torch.equal(tuned.model.state_dict()[k], v) for k, v in base.items())
     tuned.fit()
-    assert ckpt.read_progress(ckpt.latest_checkpoint(tmp_path / "tuned"))["step"] == 5
+    assert ckpt.read_progress(Run(tmp_path / "tuned").latest())["step"] == 5
 
     with pytest.raises(TinyGPTError, match="another tokenizer"):
         Trainer(tiny(), bpe_data, tmp_path / "other", init_from=tmp_path / "base" / "best")
@@ -226,7 +228,7 @@ def test_raw_text_is_prepared_into_the_run_folder(text_files, tmp_path):
         train(train_txt, run, tokenizer__kind="char", data__workers=1, train__max_iters=3, train__sample_tokens=0) == 0
     )
     assert (run / "data" / "manifest.json").is_file()
-    assert ckpt.read_progress(ckpt.latest_checkpoint(run))["data"] == str((run / "data").resolve())
+    assert ckpt.read_progress(Run(run).latest())["data"] == str((run / "data").resolve())
 
 
 def test_resumed_metrics_drop_points_after_the_checkpoint_and_a_cut_line(tmp_path):
@@ -265,17 +267,17 @@ def test_kill_minus_9_then_resume_auto_is_bit_exact(char_data, tmp_path, tinygpt
 
     run = tmp_path / "killed"
     proc = start_training(char_data, run, **budget)
-    wait_for(ckpt.step_folder(run, 10) / ckpt.MARKER, proc)
+    wait_for(Run(run).step_folder(10) / ckpt.MARKER, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = ckpt.read_progress(ckpt.latest_checkpoint(run))["step"]
+    killed_at = ckpt.read_progress(Run(run).latest())["step"]
     assert 10 <= killed_at < 300
 
     resumed = tinygpt_command.run("train", "--out", run, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {killed_at}" in resumed.stdout
-    assert_same_weights(ckpt.step_folder(tmp_path / "straight", 300), ckpt.step_folder(run, 300))
+    assert_same_weights(Run(tmp_path / "straight").step_folder(300), Run(run).step_folder(300))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # points the killed run logged after its checkpoint were dropped, then redone
 
@@ -283,11 +285,11 @@ def test_kill_minus_9_then_resume_auto_is_bit_exact(char_data, tmp_path, tinygpt
 def test_sigterm_saves_a_checkpoint_and_exits_143(char_data, tmp_path):
     run = tmp_path / "run"
     proc = start_training(char_data, run, train__max_iters=100_000, train__ckpt_interval=10)
-    wait_for(ckpt.step_folder(run, 10) / ckpt.MARKER, proc)
+    wait_for(Run(run).step_folder(10) / ckpt.MARKER, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    stopped = ckpt.latest_checkpoint(run)
+    stopped = Run(run).latest()
     assert f"stopped by signal {int(signal.SIGTERM)} at step {ckpt.read_progress(stopped)['step']}" in out
 
 
@@ -333,7 +335,7 @@ def resume_args(run) -> list[str]:
 
 
 def test_resume_refuses_other_data_and_other_architectures(finished_run, bpe_data, char_data, capsys):
-    before = weights(ckpt.latest_checkpoint(finished_run))
+    before = weights(Run(finished_run).latest())
     cases = [
         (["--data", str(bpe_data)], "another tokenizer"),
         (["--model.n_layer", "2"], "changes the architecture"),
@@ -344,7 +346,7 @@ def test_resume_refuses_other_data_and_other_architectures(finished_run, bpe_dat
     # starting over in a run folder that holds checkpoints would mix two runs
     assert train(char_data, finished_run) == 2
     assert "--resume auto" in capsys.readouterr().err
-    assert all(torch.equal(before[k], v) for k, v in weights(ckpt.latest_checkpoint(finished_run)).items())
+    assert all(torch.equal(before[k], v) for k, v in weights(Run(finished_run).latest()).items())
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_data, tmp_path, capsys):
@@ -353,13 +355,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_da
     assert train(char_data, run, **huge_lr, train__ckpt_interval=1, train__max_iters=20) == 2
     line = last_error_line(capsys.readouterr().err)
     assert "the loss is nan at step 2" in line and "lower --train.lr" in line
-    assert line.endswith(str(ckpt.step_folder(run, 1)))
-    assert ckpt.list_checkpoints(run) == [ckpt.step_folder(run, 1)]
+    assert line.endswith(str(Run(run).step_folder(1)))
+    assert Run(run).checkpoints() == [Run(run).step_folder(1)]
 
 
 def test_full_disk_at_checkpoint_time_keeps_the_previous_one(finished_run, tinygpt_command):
     """A real write failure: a file size limit (setrlimit) makes the next checkpoint's optimizer file too large."""
-    previous = ckpt.latest_checkpoint(finished_run)
+    previous = Run(finished_run).latest()
     before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
     assert len(before["optimizer.safetensors"]) > 100_000 > len(before["model.safetensors"])
 
@@ -370,6 +372,6 @@ def test_full_disk_at_checkpoint_time_keeps_the_previous_one(finished_run, tinyg
     result = tinygpt_command.run("train", *resume_args(finished_run), preexec_fn=limit_file_size)
     assert result.returncode == 1
     assert "File too large" in last_error_line(result.stderr) and "Traceback" not in result.stderr
-    assert ckpt.list_checkpoints(finished_run) == [previous]
+    assert Run(finished_run).checkpoints() == [previous]
     assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before
     assert [p.name for p in (finished_run / "checkpoints").iterdir()] == [previous.name]

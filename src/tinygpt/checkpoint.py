@@ -1,6 +1,6 @@
 """Checkpoints: self-contained folders, written atomically, read without unpickling anything.
 
-    RUN/checkpoints/step-0000001000/
+    CHECKPOINT/                 (where a run keeps them, and which: run.py)
         model.safetensors       the weights; a tied output matrix is stored once, under the embedding's name
         optimizer.safetensors   AdamW's moments; its hyperparameters as JSON in the file's header
         rank-00000.safetensors  one per process: the torch CPU (and CUDA/MPS) generator, the data
@@ -9,8 +9,8 @@
         config.toml             the resolved config
         tokenizer/              a copy of the tokenizer
         COMPLETE                written last: a folder without it is ignored
-    RUN/best/                   the best validation bpb so far: weights, state, config and tokenizer
 
+A checkpoint that is not meant to be resumed holds no optimizer or rank files.
 A folder is written under a temporary name, every file is flushed to disk, the marker is
 written last and the folder renamed: a crash or a full disk leaves the previous checkpoint
 as it was. Tensors go into safetensors files and everything else into JSON, so loading a
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -41,13 +40,6 @@ OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer"
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-_STEP_NAME = re.compile(r"step-(\d+)")
-
-
-def step_folder(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:010d}"
 
 
 def rank_file(rank: int) -> str:
@@ -198,54 +190,11 @@ def save_checkpoint(folder: str | Path, state: dict, config_toml: str, tokenizer
     return folder
 
 
-# ---------------------------------------------------------------- finding checkpoints
+# ---------------------------------------------------------------- reading a checkpoint folder
 
 
 def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The complete step checkpoints of a run, oldest first."""
-    found = []
-    for path in (Path(run_dir) / CHECKPOINTS).glob("step-*"):
-        match = _STEP_NAME.fullmatch(path.name)
-        if match and is_complete(path):
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Keep the `keep_last` newest step checkpoints (0: all), and drop half-written leftovers."""
-    folder = Path(run_dir) / CHECKPOINTS
-    for leftover in folder.glob(".*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    if keep_last:
-        for path in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(path)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or for a run folder its best/ checkpoint, else its newest one."""
-    path = Path(path)
-    if is_complete(path):
-        return path
-    if is_complete(path / BEST):
-        return path / BEST
-    latest = latest_checkpoint(path)
-    if latest is None:
-        if path.is_dir() and path.name.startswith("step-"):
-            raise TinyGPTError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its writer was interrupted")
-        raise TinyGPTError(f"no checkpoint found in {path}")
-    return latest
-
-
-# ---------------------------------------------------------------- reading a checkpoint folder
 
 
 def read_progress(folder: str | Path) -> dict:
@@ -299,15 +248,3 @@ def check_architecture(saved: ModelConfig, wanted: ModelConfig, folder: Path) ->
     ]
     if diffs:
         raise TinyGPTError(f"the config changes the architecture of the checkpoint {folder}: {', '.join(diffs)}")
-
-
-def load_model(path: str | Path):
-    """The model (on the CPU, in eval mode) and tokenizer of a checkpoint or run folder (see find_checkpoint)."""
-    from .model import GPT
-    from .tokenizers import load_tokenizer
-
-    folder = find_checkpoint(path)
-    read_progress(folder)
-    model = GPT(read_config(folder).model)
-    load_weights(model, folder)
-    return model.eval(), load_tokenizer(folder / TOKENIZER)

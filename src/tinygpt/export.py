@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import BEST, find_checkpoint, load_model, read_progress
+from .checkpoint import read_progress
 from .common import TinyGPTError, atomic_folder, read_json
 from .config import ModelConfig
+from .run import find_checkpoint, is_best, load_model
 from .shards import MANIFEST
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -453,7 +454,7 @@ def run_export(args: argparse.Namespace) -> int:
         steps=progress.get("step"),
         tokens=progress.get("tokens"),
         # a run's best/ holds the weights of its best validation score; a step checkpoint's weights may be others
-        val_bpb=progress.get("best_val_bpb") if folder.name == BEST else None,
+        val_bpb=progress.get("best_val_bpb") if is_best(folder) else None,
     )
     out = export_hf(model, model.cfg, tokenizer, args.out_dir, info, args.overwrite)
     print(f"exported {folder} to {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")

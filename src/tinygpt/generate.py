@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from .checkpoint import load_model
 from .common import TinyGPTError, autodetect_device
 from .model import GPT
+from .run import load_model
 from .tokenizers import Tokenizer
 
 # ---------------------------------------------------------------- token ids

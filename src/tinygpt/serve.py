@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .common import TinyGPTError
 from .generate import Sampler
+from .run import run_of
 
 STATIC = Path(__file__).parent / "static"
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
@@ -499,11 +500,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def default_name(path: str | Path) -> str:
     """The run folder's name, plus the checkpoint's when one inside a run was given: 'stories', 'stories/best'."""
     path = Path(path).resolve()
-    if path.name == "best":
-        return f"{path.parent.name}/{path.name}"
-    if path.parent.name == "checkpoints":
-        return f"{path.parent.parent.name}/{path.name}"
-    return path.name
+    run = run_of(path)
+    return f"{run.name}/{path.name}" if run else path.name
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import random
 import signal
@@ -44,13 +43,13 @@ from .distributed import (
 )
 from .evaluate import bits_per_byte, evaluate
 from .loader import TrainLoader
+from .metrics import Metrics, plot_run
 from .model import GPT
 from .prepare import prepare
+from .run import Run, find_checkpoint
 from .shards import ShardSet, is_prepared, tokenizer_dir
 from .tokenizers import load_tokenizer
 
-METRICS = "metrics.jsonl"
-PLOT = "loss.png"
 CALIBRATION_STEPS = 3  # timed steps that turn a wall-clock budget into a step count
 BUDGET_KEYS = ("max_iters", "max_tokens", "max_time")
 
@@ -107,7 +106,7 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: str) -> t
     )
 
 
-# ---------------------------------------------------------------- metrics
+# ---------------------------------------------------------------- speed
 
 
 @dataclass
@@ -123,76 +122,6 @@ class StepTimer:
 
     def tokens_per_s(self, tokens_per_step: int) -> float:
         return tokens_per_step * self.steps / max(self.seconds, 1e-9)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The points of RUN/metrics.jsonl; a last line cut short by a killed run is skipped."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-class Metrics:
-    """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        """A new run starts an empty file; a resumed one drops the points its interrupted run
-        logged after the checkpoint, since they are about to be logged again."""
-        self.path = run_dir / METRICS
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-        self.file = self.path.open("a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, kind: str, step: int, **values) -> None:
-        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        self.file.flush()
-        if self.tensorboard:
-            for key, value in values.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard:
-            self.tensorboard.close()
-
-
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw train and validation bits per byte against the step, as a PNG (Agg: no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = read_metrics(run_dir)
-    fig = Figure(figsize=(8, 5), layout="tight")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for kind, label, style in (("train", "train (one batch)", "-"), ("eval", "validation", "o-")):
-        points = [(r["step"], r["bpb"]) for r in rows if r["kind"] == kind]
-        if points:
-            ax.plot(*zip(*points), style, label=label, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per byte")
-    ax.set_title(Path(run_dir).resolve().name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = Path(out) if out else Path(run_dir) / PLOT
-    fig.savefig(out, dpi=120)
-    return out
 
 
 # ---------------------------------------------------------------- the trainer
@@ -217,7 +146,8 @@ class Trainer:
         dist: Dist | None = None,
     ):
         self.cfg, t = cfg, cfg.train
-        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.data_dir = Path(data_dir)
+        self.run = Run(run_dir, ckpt_interval=t.ckpt_interval, keep_last=t.keep_last)
         self.dist = dist or Dist(device=autodetect_device(t.device))
         self.device = self.dist.device
         if t.threads:
@@ -225,17 +155,18 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run.folder.mkdir(parents=True, exist_ok=True)
 
         self.train_shards, self.val_shards = ShardSet(self.data_dir, "train"), ShardSet(self.data_dir, "val")
         self.tokenizer = load_tokenizer(tokenizer_dir(self.data_dir))
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
-        start = Path(resume) if resume else ckpt.find_checkpoint(init_from) if init_from else None
+        start = Path(resume) if resume else find_checkpoint(init_from) if init_from else None
         if start:
             self._check_tokenizer(start)
         self._resolve_tokenizer(cfg)
         if start:
-            ckpt.check_architecture(ckpt.read_config(start).model, cfg.model, start)
+            saved = ckpt.read_config(start)
+            ckpt.check_architecture(saved.model, cfg.model, start)
 
         seed = t.seed + self.dist.rank  # dropout differs per process; DDP copies rank 0's initial weights
         random.seed(seed)
@@ -253,11 +184,10 @@ class Trainer:
         self.tokens_per_step = t.batch_size * cfg.model.block_size * t.grad_accum * self.dist.world_size
 
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.best_val_bpb: float | None = None
         self.max_steps: int | None = None  # resolved in fit() when the budget is wall-clock time
         if resume:
             self.load_state_dict(ckpt.read_training_state(start, self.dist.rank, self.dist.world_size))
-            self._keep_or_reset_budget(start)
+            self._keep_or_reset_budget(saved.train)
         else:
             if init_from:
                 ckpt.load_weights(self.model, start)
@@ -303,10 +233,9 @@ class Trainer:
                 f"(hash {self.tokenizer.hash} vs {saved}): prepare it with --tokenizer-from {folder}"
             )
 
-    def _keep_or_reset_budget(self, folder: Path) -> None:
+    def _keep_or_reset_budget(self, saved: TrainConfig) -> None:
         """Keep the resumed run's step budget, so its schedule is the one it started with;
         a budget changed on the command line is resolved again (the schedule then stretches)."""
-        saved = ckpt.read_config(folder).train
         if all(getattr(saved, k) == getattr(self.cfg.train, k) for k in BUDGET_KEYS):
             return
         self.max_steps = None if self.cfg.train.max_time else steps_for_tokens(self.cfg.train, self.tokens_per_step)
@@ -324,7 +253,7 @@ class Trainer:
                 "max_steps": self.max_steps,
                 "tokens": self.tokens,
                 "elapsed_s": round(self.elapsed, 3),
-                "best_val_bpb": self.best_val_bpb,
+                **self.run.state_dict(),
                 "grad_scaler": self.scaler.state_dict(),
                 "world_size": self.dist.world_size,
                 "tokenizer_hash": self.tokenizer.hash,
@@ -339,27 +268,29 @@ class Trainer:
         self.loader.load_state_dict(state["rank"]["loader"])
         p = state["progress"]
         self.step, self.max_steps, self.tokens, self.elapsed = p["step"], p["max_steps"], p["tokens"], p["elapsed_s"]
-        self.best_val_bpb = p["best_val_bpb"]
+        self.run.load_state_dict(p)
         if p["grad_scaler"]:
             self.scaler.load_state_dict(p["grad_scaler"])
 
-    def save(self, folder: Path, resumable: bool = True) -> None:
-        """Write a checkpoint from rank 0, with every rank's random state; all ranks learn if it failed."""
+    def save(self, best: bool = False) -> None:
+        """Write this step's checkpoint (with every rank's random state), or best/, from rank 0;
+        all ranks learn if it failed."""
         state = self.state_dict()
-        ranks = gather_to_main(state.pop("rank")) if resumable else None
+        rank = state.pop("rank")  # this process's random streams and loader position
+        if not best:
+            state["ranks"] = gather_to_main(rank)  # every process's, on rank 0
         error = None
         if self.dist.is_main:
-            if resumable:
-                state["ranks"] = ranks
-            else:
-                del state["optimizer"]
+            files = dump_toml(self.cfg), tokenizer_dir(self.data_dir)
             try:
-                ckpt.save_checkpoint(folder, state, dump_toml(self.cfg), tokenizer_dir(self.data_dir))
-                if resumable:
-                    ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
+                if best:
+                    self.run.save_best(state, *files)
+                else:
+                    self.run.save(self.step, state, *files)
             except OSError as e:
                 error = e
         if broadcast_from_main(float(error is not None), self.device):
+            folder = self.run.best if best else self.run.step_folder(self.step)
             raise error or TinyGPTError(f"rank 0 could not write the checkpoint {folder}")
 
     # ------------------------------------------------------------ one step
@@ -387,7 +318,7 @@ class Trainer:
         loss_sum, n_bytes, stop_votes = all_reduce_sum(totals).tolist()
         loss = loss_sum / (t.grad_accum * self.dist.world_size)
         if not math.isfinite(loss):
-            last_good = ckpt.latest_checkpoint(self.run_dir)
+            last_good = self.run.latest()
             raise TinyGPTError(
                 f"the loss is {loss} at step {self.step + 1}: lower --train.lr (now {t.lr:g}), "
                 "keep --train.grad_clip on (e.g. 1.0) or try --train.dtype float32; "
@@ -464,9 +395,9 @@ class Trainer:
             self.max_steps = self.step + self.calibrate(remaining)
             self._print(f"time budget {t.max_time}: measured speed gives {self.max_steps:,} steps in all")
         if self.step >= self.max_steps:
-            self._print(f"{self.run_dir} is already trained to its budget of {self.max_steps:,} steps")
+            self._print(f"{self.run.folder} is already trained to its budget of {self.max_steps:,} steps")
             return None
-        metrics = Metrics(self.run_dir, self.resumed_from) if main else None
+        metrics = Metrics(self.run.folder, self.resumed_from) if main else None
         self._print(self._describe())
         old_handlers = self._install_signal_handlers()
         bar = None
@@ -497,8 +428,8 @@ class Trainer:
                 if self.step % t.eval_interval == 0 or self.step == self.max_steps:
                     self._evaluate(metrics, bar)
                 self.elapsed = previous_elapsed + time.perf_counter() - started
-                if self.step % t.ckpt_interval == 0 or self.step == self.max_steps or out["stop"]:
-                    self.save(ckpt.step_folder(self.run_dir, self.step))
+                if self.run.should_save(self.step, final=self.step == self.max_steps or out["stop"]):
+                    self.save()
                 if out["stop"]:
                     stopped_by = self.stop_signal or signal.SIGTERM  # or the signal went to another process
                     self._print(f"stopped by signal {stopped_by} at step {self.step}; resume with --resume auto")
@@ -516,10 +447,9 @@ class Trainer:
 
     def _evaluate(self, metrics: Metrics | None, bar=None) -> None:
         result = self.evaluate()
-        best = self.step > 0 and (self.best_val_bpb is None or result["bpb"] < self.best_val_bpb)
+        best = self.run.update_best(self.step, result["bpb"])
         if best:
-            self.best_val_bpb = result["bpb"]
-            self.save(self.run_dir / ckpt.BEST, resumable=False)
+            self.save(best=True)
         if metrics:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
             self._print(
@@ -560,12 +490,12 @@ class Trainer:
             sampler = Sampler(self.model, self.tokenizer, self.device)
             text = sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{text}\n---")
-        plot = plot_run(self.run_dir)
-        best = f"{self.best_val_bpb:.4f}" if self.best_val_bpb is not None else "n/a"
+        plot = plot_run(self.run.folder)
+        best = f"{self.run.best_val_bpb:.4f}" if self.run.best_val_bpb is not None else "n/a"
         print(
             f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed)} "
             f"({session.tokens_per_s(self.tokens_per_step):,.0f} tokens/s this session); best val bpb {best}\n"
-            f"checkpoint {ckpt.step_folder(self.run_dir, self.step)} | best {self.run_dir / ckpt.BEST} | curve {plot}"
+            f"checkpoint {self.run.step_folder(self.step)} | best {self.run.best} | curve {plot}"
         )
 
     def _describe(self) -> str:
@@ -608,13 +538,13 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------- `tinygpt train`
 
 
-def prepare_if_needed(path: Path, run_dir: Path, cfg: Config, tokenizer_from: Path | None = None) -> Path:
+def prepare_if_needed(path: Path, run: Run, cfg: Config, tokenizer_from: Path | None = None) -> Path:
     """The prepared-data folder to train on: `path` itself when prepared, else raw text
     (.txt/.jsonl/.json files, folders, globs) prepared once into RUN/data, with the tokenizer
     of `tokenizer_from` (the checkpoint a run starts from) or a new one as the config says."""
     if is_prepared(path):
         return path
-    prepared = run_dir / "data"
+    prepared = run.data
     if not is_prepared(prepared):  # otherwise an earlier start of this run prepared it
         prepare([str(path)], prepared, cfg, tokenizer_from=str(tokenizer_from) if tokenizer_from else None)
     return prepared
@@ -680,49 +610,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-def _run_folder(args) -> Path | None:
-    """--out, or for --resume CHECKPOINT the run that checkpoint belongs to (RUN/checkpoints/step-N)."""
-    if args.out:
-        return Path(args.out)
-    if args.resume == "auto":
-        raise TinyGPTError("--resume auto needs --out RUN: the run folder to continue")
-    if args.resume:
-        folder = Path(args.resume)
-        return folder.parent.parent if folder.parent.name == ckpt.CHECKPOINTS else folder.parent
-    return None
-
-
-def _start_checkpoint(args, run_dir: Path | None) -> tuple[Path | None, Path | None]:
-    """(checkpoint to resume, checkpoint to start a new run from) as the command line asks."""
-    if args.resume and args.init_from:
-        raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
-    if args.init_from:
-        return None, ckpt.find_checkpoint(args.init_from)
-    if args.resume == "auto":
-        return ckpt.latest_checkpoint(run_dir), None  # None: nothing to resume yet, start the run
-    if args.resume:
-        ckpt.read_progress(args.resume)  # complete and readable, or a one-line error
-        return Path(args.resume), None
-    return None, None
-
-
 def run_train(args: argparse.Namespace) -> int:
     overrides = dict(args.overrides)
     if args.device:
         overrides["train.device"] = args.device
     if args.max_time:
         overrides["train.max_time"] = args.max_time
-    run_dir = _run_folder(args)
-    resume, init_from = _start_checkpoint(args, run_dir)
+    if args.resume == "auto" and not args.out:
+        raise TinyGPTError("--resume auto needs --out RUN: the run folder to continue")
+    if args.resume and args.init_from:
+        raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
+    run = Run(args.out) if args.out else Run.of_checkpoint(args.resume) if args.resume else None
+    resume = run.resume_point(args.resume) if args.resume else None
+    init_from = find_checkpoint(args.init_from) if args.init_from else None
     start = resume or init_from
     if args.config is None and start:  # the checkpoint's own config, with the command line's changes
         cfg = load_config(None, overrides, base=ckpt.read_config(start).to_dict())
     else:
         cfg = load_config(args.config or "tiny", overrides)
-    run_dir = run_dir or Path("runs") / Path(args.config or "tiny").stem
-    if not resume and ckpt.latest_checkpoint(run_dir):
+    run = run or Run(Path("runs") / Path(args.config or "tiny").stem)
+    if not resume and run.latest():
         raise TinyGPTError(
-            f"{run_dir} already holds checkpoints: continue it with --resume auto, or choose another --out"
+            f"{run.folder} already holds checkpoints: continue it with --resume auto, or choose another --out"
         )
     data = args.data or (ckpt.read_progress(resume)["data"] if resume else None)
     if not data:
@@ -730,30 +639,17 @@ def run_train(args: argparse.Namespace) -> int:
 
     dist = init_distributed(cfg.train.device)
     try:
-        # Rank 0 prepares raw text; the other processes wait, then find it prepared.
+        # Rank 0 records a new run's start and prepares raw text; the other processes wait, then find it prepared.
         if not dist.is_main:
             barrier()
-        data_dir = prepare_if_needed(Path(data), run_dir, cfg, tokenizer_from=start)
+        elif not resume:
+            run.record_start(cfg, data, init_from)
+        data_dir = prepare_if_needed(Path(data), run, cfg, tokenizer_from=start)
         if dist.is_main:
             barrier()
-        trainer = Trainer(cfg, data_dir, run_dir, resume=resume, init_from=init_from, dist=dist)
+        trainer = Trainer(cfg, data_dir, run.folder, resume=resume, init_from=init_from, dist=dist)
         stopped_by = trainer.fit()
         barrier()  # nobody tears the process group down while rank 0 still writes the sample and plot
     finally:
         cleanup_distributed()
     return 128 + stopped_by if stopped_by else 0
-
-
-# ---------------------------------------------------------------- `tinygpt plot`
-
-
-def add_plot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="a training run folder (holding metrics.jsonl)")
-    p.add_argument("--out", metavar="PNG", help=f"where to write the picture (default: RUN/{PLOT})")
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    if args.overrides:
-        raise TinyGPTError("plot takes no config overrides")
-    print(plot_run(args.run, args.out))
-    return 0

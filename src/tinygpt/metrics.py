@@ -1,0 +1,97 @@
+"""A training run's numbers: RUN/metrics.jsonl (always), TensorBoard (when installed), the loss curve,
+and the `tinygpt plot` command that redraws it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import TinyGPTError
+from .run import METRICS, PLOT, Run
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The points of RUN/metrics.jsonl; a last line cut short by a killed run is skipped."""
+    path = Run(run_dir).metrics
+    if not path.is_file():
+        raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class Metrics:
+    """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None):
+        """A new run starts an empty file; a resumed one drops the points its interrupted run
+        logged after the checkpoint, since they are about to be logged again."""
+        run = Run(run_dir)
+        self.path = run.metrics
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        self.file = self.path.open("a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run.tensorboard))
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, kind: str, step: int, **values) -> None:
+        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tensorboard:
+            for key, value in values.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw train and validation bits per byte against the step, as a PNG (Agg: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(run_dir)
+    fig = Figure(figsize=(8, 5), layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for kind, label, style in (("train", "train (one batch)", "-"), ("eval", "validation", "o-")):
+        points = [(r["step"], r["bpb"]) for r in rows if r["kind"] == kind]
+        if points:
+            ax.plot(*zip(*points), style, label=label, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title(Path(run_dir).resolve().name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(out) if out else Run(run_dir).plot
+    fig.savefig(out, dpi=120)
+    return out
+
+
+# ---------------------------------------------------------------- `tinygpt plot`
+
+
+def add_plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help=f"a training run folder (holding {METRICS})")
+    p.add_argument("--out", metavar="PNG", help=f"where to write the picture (default: RUN/{PLOT})")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    if args.overrides:
+        raise TinyGPTError("plot takes no config overrides")
+    print(plot_run(args.run, args.out))
+    return 0
