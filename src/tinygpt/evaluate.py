@@ -129,8 +129,6 @@ def run_eval(args) -> int:
 
     from .common import TinyGPTError
 
-    if args.overrides:
-        raise TinyGPTError("eval takes no config overrides")
     if args.batch_size < 1:
         raise TinyGPTError("--batch-size must be at least 1")
     result = evaluate_path(args.checkpoint, args.data, args.split, args.batch_size, args.device)

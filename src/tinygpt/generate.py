@@ -304,8 +304,6 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    if args.overrides:
-        raise TinyGPTError(f"sample takes no config overrides (got {', '.join('--' + k for k in args.overrides)})")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:
         raise TinyGPTError(f"--num-samples must be at least 1, got {args.num_samples}")

@@ -91,7 +91,5 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    if args.overrides:
-        raise TinyGPTError("plot takes no config overrides")
     print(plot_run(args.run, args.out))
     return 0

@@ -477,8 +477,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    if args.overrides:
-        raise TinyGPTError(f"serve takes no config overrides (got {', '.join('--' + k for k in args.overrides)})")
     limits = Limits(args.max_tokens, args.max_prompt_tokens, args.queue)
     if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
         raise TinyGPTError("serve needs FastAPI and uvicorn: pip install 'tinygpt[serve]'")
