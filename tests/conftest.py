@@ -100,3 +100,28 @@ def char_data(tmp_path_factory, text_files) -> Path:
 def bpe_data(tmp_path_factory, text_files) -> Path:
     """The same text with a 300-token byte-level BPE: another tokenizer, for mismatch tests."""
     return _prepared(tmp_path_factory, text_files, "bpe", **{"tokenizer.kind": "bpe", "tokenizer.vocab_size": "300"})
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_data(tmp_path_factory, text_files) -> Path:
+    """The same text with a 512-token SentencePiece vocabulary."""
+    overrides = {"tokenizer.kind": "sentencepiece", "tokenizer.vocab_size": "512"}
+    return _prepared(tmp_path_factory, text_files, "sentencepiece", **overrides)
+
+
+@pytest.fixture(scope="session")
+def parity_texts() -> list[str]:
+    """Texts a tokenizer gets wrong first: multi-byte characters, whitespace runs, digits, literal special tokens."""
+    return [
+        "Once upon a time, there was a little girl named Lily.",
+        "line one\nline two\n\n\nafter blank lines\n",
+        "runs of  spaces   and    more     \t\ttabs\t and trailing   ",
+        " leading space",
+        "naïve café, Zürich — “quotes” ‘single’ …",
+        "emoji 🙂👍🏽👨‍👩‍👧, CJK 家族, Cyrillic Привет",
+        "literal <|endoftext|> inside text, and <unk>, <0x41> and ▁ too",
+        "digits 0123456789 3.14159 1,000,000",
+        "it's they're we've I'm you'll he'd 2026's",
+        "",
+        "a" * 300,
+    ]

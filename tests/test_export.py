@@ -28,18 +28,6 @@ CORPUS = [
     f"Once upon a time, {n} found a {t}. {n} said, \"Look at my {t}!\"\n\nThey played all day; it was {i} o'clock."
     for i, (n, t) in enumerate((n, t) for n in NAMES for t in THINGS)
 ]
-PARITY_TEXTS = [
-    "Once upon a time, there was a little girl named Lily.",
-    "line one\nline two\n\n\nafter blank lines\n",
-    "runs of  spaces   and    more     \t\ttabs\t and trailing   ",
-    " leading space",
-    "naïve café, Zürich — “quotes” ‘single’ …",
-    "emoji 🙂👍🏽👨‍👩‍👧, CJK 家族, Cyrillic Привет",
-    "literal <|endoftext|> inside text, and <unk> and ▁ too",
-    "digits 0123456789 3.14159 1,000,000",
-    "",
-    "a" * 300,
-]
 
 
 def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
@@ -119,14 +107,14 @@ def test_transformers_gives_our_logits_and_greedy_text(name, char_tokenizer, tmp
 
 
 @pytest.mark.parametrize(("kind", "vocab_size"), [("bpe", 300), ("sentencepiece", 400), ("char", 0)])
-def test_transformers_tokenizer_gives_our_ids(kind, vocab_size, tmp_path):
+def test_transformers_tokenizer_gives_our_ids(kind, vocab_size, tmp_path, parity_texts):
     tokenizer = train_tokenizer(kind, CORPUS, vocab_size)
     cfg = tiny_config(tokenizer.vocab_size)
     out = export_hf(GPT(cfg), cfg, tokenizer, tmp_path / "hf")
 
     hf = transformers.AutoTokenizer.from_pretrained(out)
     assert hf.eos_token_id == tokenizer.eot_id and hf.convert_ids_to_tokens(tokenizer.eot_id) == "<|endoftext|>"
-    for text in [*PARITY_TEXTS, "".join(CORPUS)]:
+    for text in [*parity_texts, "".join(CORPUS)]:
         ids = tokenizer.encode(text)
         assert hf(text)["input_ids"] == ids, text  # no start token added, literal <|endoftext|> not matched
         # the char tokenizer's unknown id reads "<unk>" there and U+FFFD here

@@ -44,7 +44,7 @@ COMMANDS = (
             "tinygpt.evaluate:add_eval_arguments", "tinygpt.evaluate:run_eval"),
     Command("info", "size, FLOPs, memory and training progress of a run, checkpoint or preset",
             "tinygpt.info:add_info_arguments", "tinygpt.info:run_info"),
-    Command("export", "export a trained model to a folder Hugging Face transformers loads",
+    Command("export", "export a trained model for Hugging Face transformers, llama.cpp or Ollama",
             "tinygpt.export:add_export_arguments", "tinygpt.export:run_export"),
     Command("serve", "a local story playground: web page and OpenAI-style HTTP API",
             "tinygpt.serve:add_serve_arguments", "tinygpt.serve:run_serve"),

@@ -38,18 +38,31 @@ def autodetect_device(requested: str = "auto") -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target.
+    """Write `data` to `path` all or nothing (atomic_file)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
-    A crash leaves either the old file or the new one, never half of one.
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file beside `path` to fill; when the block ends normally, flush it to disk and
+    rename it over `path`.
+
+    For a writer that wants a path rather than bytes in memory (the GGUF writer streams its
+    tensors). A crash leaves either the old file or the new one, never half of one. When the
+    block raises, the temporary file is deleted and `path` is untouched.
+
+    Raises OSError (a full disk, no permission) from the file system, after cleaning up.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        finally:
+            os.close(fd)
+        yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

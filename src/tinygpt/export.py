@@ -25,6 +25,7 @@ from torch import nn
 from .checkpoint import read_progress
 from .common import TinyGPTError, atomic_folder, read_json
 from .config import ModelConfig
+from .gguf_export import DTYPES, export_gguf, export_ollama, summary_lines
 from .run import find_checkpoint, is_best, load_model
 from .shards import MANIFEST
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
@@ -397,18 +398,23 @@ def _as_bytes(data) -> bytes:
 
 def _write_folder(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write `files` as the folder `out`, all or nothing (common.atomic_folder)."""
+    check_replaceable(out, EXPORT_FILES, overwrite)
+    with atomic_folder(out) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+
+def check_replaceable(out: Path, export_files: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to write the folder `out` over anything but, with `overwrite`, an earlier export (files named in `export_files`)."""
     if out.exists():
         if not out.is_dir():
             raise TinyGPTError(f"{out} exists and is not a folder")
         present = [p.name for p in out.iterdir()]
         if present and not overwrite:
             raise TinyGPTError(f"{out} is not empty: choose a new folder, or pass --overwrite to replace an earlier export")
-        foreign = sorted(set(present) - set(EXPORT_FILES))
+        foreign = sorted(set(present) - set(export_files))
         if foreign:
             raise TinyGPTError(f"refusing to replace {out}: it holds files an export does not write ({', '.join(foreign[:3])})")
-    with atomic_folder(out) as tmp:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
 
 
 # ---------------------------------------------------------------- `tinygpt export`
@@ -416,11 +422,15 @@ def _write_folder(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Write a trained model as a folder that Hugging Face transformers loads with no custom code:\n"
-        "AutoModelForCausalLM.from_pretrained(OUT_DIR) and AutoTokenizer.from_pretrained(OUT_DIR).\n\n"
-        "gpt2-family models become GPT2LMHeadModel, llama-family ones LlamaForCausalLM, with the same\n"
-        "logits and token ids as here. A model those classes cannot express (GPT-2 heads wider than\n"
-        "n_embd / n_head, a bias on the output layer) is refused, and nothing is written."
+        "Write a trained model where people run models:\n"
+        "  --format hf      a folder Hugging Face transformers loads with no custom code:\n"
+        "                   AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT)\n"
+        "  --format gguf    one OUT.gguf file for llama.cpp and LM Studio\n"
+        "  --format ollama  a folder OUT with model.gguf and a Modelfile for `ollama create`\n\n"
+        "gpt2-family models become GPT2LMHeadModel (hf) or llama.cpp's gpt2 architecture, llama-family\n"
+        "ones LlamaForCausalLM or llama.cpp's llama, with the same logits and token ids as here. A model\n"
+        "or tokenizer the target cannot express exactly (GPT-2 heads wider than n_embd / n_head, a bias\n"
+        "on the output layer; for GGUF also ReLU and char tokenizers) is refused, and nothing is written."
     )
     p.add_argument(
         "source",
@@ -428,11 +438,13 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         help="a training run folder (uses best/, else the newest checkpoint) or one checkpoint folder; "
         "the card gives the validation bits per byte of a best/ checkpoint",
     )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create; written complete or not at all")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a Hugging Face transformers folder (default and, so far, only format)")
+    p.add_argument("out_dir", metavar="OUT", help="the folder (hf, ollama) or .gguf file (gguf) to create; written complete or not at all")
+    p.add_argument("--format", choices=["hf", "gguf", "ollama"], default="hf", help="hf (default), gguf or ollama")
+    p.add_argument("--dtype", choices=DTYPES, help="gguf and ollama: the matrices' number format (default f32; "
+                   "q8_0 writes matrices whose rows are not a multiple of 32 in f16)")
     p.add_argument("--dataset", help=f"the training data, for the model card: {' or '.join(DATASETS)} (adds its licence and citation) or a short description")
-    p.add_argument("--name", help="the model card's title (default: OUT_DIR's name)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
+    p.add_argument("--name", help="the model card's title (default: OUT's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier export")
 
 
 def _recorded_source(data_dir: str | None) -> str | None:
@@ -444,20 +456,28 @@ def _recorded_source(data_dir: str | None) -> str | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.dtype and args.format == "hf":
+        raise TinyGPTError("--dtype is for --format gguf and ollama: the hf export keeps the checkpoint's dtype")
+    out = Path(args.out_dir).resolve()
     folder = find_checkpoint(args.source)
     progress = read_progress(folder)
     model, tokenizer = load_model(folder)
     dataset = args.dataset or _recorded_source(progress.get("data"))
     info = CardInfo(
-        name=args.name or Path(args.out_dir).resolve().name,
+        name=args.name or (out.stem if args.format == "gguf" else out.name),
         dataset=dataset,
         steps=progress.get("step"),
         tokens=progress.get("tokens"),
         # a run's best/ holds the weights of its best validation score; a step checkpoint's weights may be others
         val_bpb=progress.get("best_val_bpb") if is_best(folder) else None,
     )
-    out = export_hf(model, model.cfg, tokenizer, args.out_dir, info, args.overwrite)
-    print(f"exported {folder} to {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    if args.format == "hf":
+        out = export_hf(model, model.cfg, tokenizer, args.out_dir, info, args.overwrite)
+        print(f"exported {folder} to {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    else:
+        export = export_ollama if args.format == "ollama" else export_gguf
+        summary = export(model, model.cfg, tokenizer, args.out_dir, info, args.dtype or "f32", args.overwrite)
+        print("\n".join(summary_lines(summary, Path(args.out_dir), args.format, info.name)))
     if dataset is None:
         print(
             f"tinygpt export: note: the model card does not name the training data (this run read {progress.get('data')}): "

@@ -24,6 +24,8 @@ from .model import GPT
 from .run import load_model
 from .tokenizers import Tokenizer
 
+DEFAULT_TEMPERATURE = 0.8  # `tinygpt sample`'s, also written into the Ollama export's Modelfile
+
 # ---------------------------------------------------------------- token ids
 
 
@@ -51,7 +53,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 
 def sample_next(
     logits: torch.Tensor,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
@@ -98,7 +100,7 @@ def generate_ids(
     model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
@@ -211,7 +213,7 @@ class Sampler:
         self,
         prompt: str = "",
         max_new_tokens: int = 500,
-        temperature: float = 0.8,
+        temperature: float = DEFAULT_TEMPERATURE,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
@@ -284,7 +286,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="text to continue (default: standard input when it is not a terminal, else start a new story)",
     )
     p.add_argument("--max-new-tokens", "-n", type=int, default=500, metavar="N", help="per sample (default: 500)")
-    p.add_argument("--temperature", "-t", type=float, default=0.8, metavar="T", help="0: greedy (default: 0.8)")
+    p.add_argument("--temperature", "-t", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+                   help=f"0: greedy (default: {DEFAULT_TEMPERATURE:g})")
     p.add_argument("--top-k", type=int, metavar="K", help="sample only among the k likeliest tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="sample among the likeliest tokens adding up to P")
     p.add_argument("--seed", type=int, metavar="N", help="same seed, same text (sample i uses N+i); default: random")
