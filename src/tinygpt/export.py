@@ -8,6 +8,9 @@ libraries and plain JSON, so exporting needs no `transformers`; only loading the
 A model whose shapes or options the stock classes cannot express is refused before anything
 is written, with the reason: a converted model that loads but computes something else would
 be worse than none.
+
+`tinygpt export --format gguf|ollama` (llama.cpp, Ollama, LM Studio) is gguf_export.py's;
+the command line here serves all three formats.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceToke
 DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 stores rows in blocks of 32 values, each with one f16 scale
 GGUF_MAGIC = b"GGUF"
-SPACE_PIECE = "\u2581"  # SentencePiece's stand-in for a space, "▁"
 
 # ---------------------------------------------------------------- per-family tables
 
@@ -114,7 +113,7 @@ def check_exportable(cfg: ModelConfig) -> GGUFFamily:
         elif cfg.bias_head:
             why = "its output layer has no bias, and this model's has (model.bias_head)"
         if why:
-            raise TinyGPTError(f"cannot export to llama.cpp's gpt2 architecture: {why} (the llama family exports)")
+            raise TinyGPTError(f"cannot export to llama.cpp's gpt2 architecture: {why} (llama-family models export)")
     return GGUF_FAMILIES[cfg.family]
 
 
@@ -222,7 +221,7 @@ def gguf_vocab(tokenizer: Tokenizer) -> GGUFVocab:
 CHAR_REFUSAL = (
     "cannot export a char tokenizer to GGUF: llama.cpp's tokenizers have no unknown-character id to fall back to "
     "(they look up byte tokens, which a char vocabulary lacks, and abort), so any character outside the vocabulary "
-    "would crash llama.cpp and Ollama; train with --tokenizer.kind sentencepiece or bpe to export"
+    "would end the program running the model; train with --tokenizer.kind sentencepiece or bpe to export"
 )
 
 
