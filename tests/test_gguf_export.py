@@ -27,7 +27,7 @@ from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig
 from tinygpt.export import CardInfo
 from tinygpt.generate import generate_ids
-from tinygpt.model import GPT
+from tinygpt.model import FAMILIES, GPT
 from tinygpt.run import load_model
 from tinygpt.tokenizers import EOT_TEXT, CharTokenizer, SentencePieceTokenizer
 
@@ -86,6 +86,10 @@ def llama_cpp_model(path, n_ctx: int, kv_dtype: str = "f16", **kwargs) -> llama_
     kv = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}[kv_dtype]
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=1, type_k=kv, type_v=kv, verbose=False,
                            **kwargs)
+
+
+def test_every_model_family_has_a_llama_cpp_architecture():
+    assert set(gguf_export.GGUF_FAMILIES) == set(FAMILIES) == {name.split("-")[0] for name in RUNS}
 
 
 @pytest.mark.parametrize("name", ["llama-sentencepiece", "gpt2-bpe"])

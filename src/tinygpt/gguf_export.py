@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +42,74 @@ GGUF_MAGIC = b"GGUF"
 # ---------------------------------------------------------------- per-family tables
 
 
+def _gpt2_refusal(cfg: ModelConfig) -> str | None:
+    if cfg.activation != "gelu":
+        return f"its MLP is always GELU, and this model's is {cfg.activation} (model.activation)"
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        return (f"its heads are n_embd / n_head wide, but this model has {cfg.n_head} heads of {cfg.head_dim} "
+                f"on a {cfg.n_embd}-wide embedding")  # fmt: skip
+    if cfg.bias_head:
+        return "its output layer has no bias, and this model's has (model.bias_head)"
+    return None
+
+
+def _gpt2_layout(module: str, tensor: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Hugging Face's Conv1D weights are stored (in, out): back to nn.Linear's (out, in), as llama.cpp reads them."""
+    from .export import CONV1D_SUFFIXES
+
+    return tensor.t() if tensor.dim() == 2 and module.endswith(CONV1D_SUFFIXES) else tensor
+
+
+def _gpt2_hparams(writer, cfg: ModelConfig) -> None:
+    writer.add_layer_norm_eps(cfg.norm_eps)
+
+
+def _llama_layout(module: str, tensor: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return rotary_rows(tensor, cfg.head_dim) if module.endswith(("self_attn.q_proj", "self_attn.k_proj")) else tensor
+
+
+def _llama_hparams(writer, cfg: ModelConfig) -> None:
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    if cfg.head_dim != cfg.n_embd // cfg.n_head:  # llama.cpp's default is n_embd / n_head
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+
+
 @dataclass(frozen=True)
 class GGUFFamily:
-    """How one of our families is spelt in GGUF: llama.cpp's architecture and tensor names."""
+    """How one of our model families (model.FAMILIES) becomes one of llama.cpp's architectures."""
 
     arch: str  # general.architecture
     block_prefix: str  # Hugging Face's prefix of a block's parameters, followed by the block index
     names: dict[str, str]  # Hugging Face module name (within a block, or whole) -> GGUF tensor name
+    refusal: Callable[[ModelConfig], str | None]  # why llama.cpp's graph cannot compute cfg, or None
+    layout: Callable[[str, torch.Tensor, ModelConfig], torch.Tensor]  # a module's Hugging Face tensor as llama.cpp reads it
+    hparams: Callable[[object, ModelConfig], None]  # the {arch}.* keys beyond those every family has
 
 
 GGUF_FAMILIES = {
+    "gpt2": GGUFFamily(
+        arch="gpt2",
+        block_prefix="transformer.h.",
+        names={
+            "transformer.wte": "token_embd",
+            "transformer.wpe": "position_embd",
+            "transformer.ln_f": "output_norm",
+            "lm_head": "output",
+            "ln_1": "attn_norm",
+            "attn.c_attn": "attn_qkv",
+            "attn.c_proj": "attn_output",
+            "ln_2": "ffn_norm",
+            "mlp.c_fc": "ffn_up",
+            "mlp.c_proj": "ffn_down",
+        },
+        refusal=_gpt2_refusal,
+        layout=_gpt2_layout,
+        hparams=_gpt2_hparams,
+    ),
     "llama": GGUFFamily(
         arch="llama",
         block_prefix="model.layers.",
@@ -68,22 +127,9 @@ GGUF_FAMILIES = {
             "mlp.up_proj": "ffn_up",
             "mlp.down_proj": "ffn_down",
         },
-    ),
-    "gpt2": GGUFFamily(
-        arch="gpt2",
-        block_prefix="transformer.h.",
-        names={
-            "transformer.wte": "token_embd",
-            "transformer.wpe": "position_embd",
-            "transformer.ln_f": "output_norm",
-            "lm_head": "output",
-            "ln_1": "attn_norm",
-            "attn.c_attn": "attn_qkv",
-            "attn.c_proj": "attn_output",
-            "ln_2": "ffn_norm",
-            "mlp.c_fc": "ffn_up",
-            "mlp.c_proj": "ffn_down",
-        },
+        refusal=lambda cfg: None,  # llama.cpp's llama takes any head size, grouped-query attention, theta and eps
+        layout=_llama_layout,
+        hparams=_llama_hparams,
     ),
 }
 
@@ -101,20 +147,11 @@ def check_exportable(cfg: ModelConfig) -> GGUFFamily:
     for f in dataclasses.fields(ModelConfig):
         if f.name not in CHECKED_FIELDS and getattr(cfg, f.name) != getattr(defaults, f.name):
             raise TinyGPTError(f"cannot export to GGUF: model.{f.name} = {getattr(cfg, f.name)!r} is not known to run the same in llama.cpp")
-    if cfg.family not in GGUF_FAMILIES:
-        raise TinyGPTError(f"cannot export to GGUF: llama.cpp has no architecture for the {cfg.family!r} family")
-    if cfg.family == "gpt2":
-        why = None
-        if cfg.activation != "gelu":
-            why = f"its MLP is always GELU, and this model's is {cfg.activation} (model.activation)"
-        elif cfg.head_dim * cfg.n_head != cfg.n_embd:
-            why = (f"its heads are n_embd / n_head wide, but this model has {cfg.n_head} heads of {cfg.head_dim} "
-                   f"on a {cfg.n_embd}-wide embedding")
-        elif cfg.bias_head:
-            why = "its output layer has no bias, and this model's has (model.bias_head)"
-        if why:
-            raise TinyGPTError(f"cannot export to llama.cpp's gpt2 architecture: {why} (llama-family models export)")
-    return GGUF_FAMILIES[cfg.family]
+    family = GGUF_FAMILIES[cfg.family]
+    why = family.refusal(cfg)
+    if why:
+        raise TinyGPTError(f"cannot export to llama.cpp's {family.arch} architecture: {why} (llama-family models export)")
+    return family
 
 
 def gguf_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -124,22 +161,18 @@ def gguf_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     the same matrix as (in, out) = {ne0, ne1}. A tied output layer is left out: llama.cpp then
     scores with the token embedding, as we do.
     """
-    from .export import CONV1D_SUFFIXES, hf_state_dict
+    from .export import hf_state_dict
 
     family = check_exportable(cfg)
     out = {}
     for name, tensor in hf_state_dict(model, cfg).items():
         module, _, kind = name.rpartition(".")
-        if cfg.family == "gpt2" and kind == "weight" and module.endswith(CONV1D_SUFFIXES):
-            tensor = tensor.t()
-        if module.endswith(("self_attn.q_proj", "self_attn.k_proj")):
-            tensor = rotary_rows(tensor, cfg.head_dim)
         if module.startswith(family.block_prefix):
             index, _, part = module.removeprefix(family.block_prefix).partition(".")
             gguf_name = f"blk.{index}.{family.names[part]}.{kind}"
         else:
             gguf_name = f"{family.names[module]}.{kind}"
-        out[gguf_name] = tensor.float().contiguous()
+        out[gguf_name] = family.layout(module, tensor, cfg).float().contiguous()
     return dict(sorted(out.items(), key=lambda item: _file_order(item[0])))
 
 
@@ -259,7 +292,7 @@ def write_gguf(path: Path, model: nn.Module, cfg: ModelConfig, tokenizer: Tokeni
     tensors = gguf_tensors(model, cfg)
 
     writer = gguf.GGUFWriter(None, family.arch)
-    _write_metadata(writer, gguf, cfg, family.arch, dtype, info)
+    _write_metadata(writer, gguf, cfg, family, dtype, info)
     _write_vocab(writer, vocab, tokenizer.eot_id)
     fallback = []
     for name, tensor in tensors.items():
@@ -280,7 +313,7 @@ def write_gguf(path: Path, model: nn.Module, cfg: ModelConfig, tokenizer: Tokeni
     return GGUFSummary(family.arch, dtype, cfg.block_size, len(tensors), path.stat().st_size, fallback)
 
 
-def _write_metadata(writer, gguf, cfg: ModelConfig, arch: str, dtype: str, info) -> None:
+def _write_metadata(writer, gguf, cfg: ModelConfig, family: GGUFFamily, dtype: str, info) -> None:
     """general.* (the name, data source and licence, as in the Hugging Face model card) and the shape."""
     from .export import DATASETS
 
@@ -307,16 +340,7 @@ def _write_metadata(writer, gguf, cfg: ModelConfig, arch: str, dtype: str, info)
     writer.add_block_count(cfg.n_layer)
     writer.add_feed_forward_length(cfg.hidden_dim)
     writer.add_head_count(cfg.n_head)
-    if arch == "gpt2":
-        writer.add_layer_norm_eps(cfg.norm_eps)
-        return
-    writer.add_head_count_kv(cfg.kv_heads)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    if cfg.head_dim != cfg.n_embd // cfg.n_head:  # llama.cpp's default is n_embd / n_head
-        writer.add_key_length(cfg.head_dim)
-        writer.add_value_length(cfg.head_dim)
+    family.hparams(writer, cfg)
 
 
 def _write_vocab(writer, vocab: GGUFVocab, eot_id: int) -> None:
