@@ -43,12 +43,12 @@ RUNS = {
     "gpt2-sentencepiece": {"model.bias_qkv": "false", "model.bias_mlp": "false", "model.tie_weights": "false"},
 }  # fmt: skip
 
-# Largest |logit difference| allowed, over three full windows of block_size tokens. Measured
-# (November 2026, llama-cpp-python 0.3.36): f32 with an f32 KV cache 3.3e-6 (llama) and 2.0e-4
-# (gpt2: ggml's CPU GELU reads a half-precision table); f16 files with llama.cpp's default f16
-# KV cache 3.8e-3; q8_0 0.11, on logits of magnitude 6 to 10.
-TOLERANCE = {("llama", "f32"): 1e-4, ("gpt2", "f32"): 1e-3, "f16": 1e-2, "q8_0": 0.25}
-
+# Largest |logit difference| allowed, over three full windows of block_size tokens, on logits of
+# magnitude 6 to 9. Measured (November 2026, llama-cpp-python 0.3.36, the runs above): f32 with
+# an f32 KV cache 2.9e-6 (llama) and 8.7e-4 (gpt2: ggml's CPU GELU reads a half-precision table);
+# f16 files with llama.cpp's default f16 KV cache 4.8e-3; q8_0 0.082. The tolerances are about
+# three times those; llama f32's is a round 1e-4.
+TOLERANCE = {("llama", "f32"): 1e-4, ("gpt2", "f32"): 3e-3, "f16": 1.5e-2, "q8_0": 0.25}
 PROMPTS = ["Once upon a time, there was a", "Lily and Tom went to the park. They saw a big", "The cat"]
 
 

@@ -483,7 +483,7 @@ def run_export(args: argparse.Namespace) -> int:
         print("\n".join(summary_lines(summary, Path(args.out_dir), args.format, info.name)))
     if dataset is None:
         print(
-            f"tinygpt export: note: the model card does not name the training data (this run read {progress.get('data')}): "
+            f"tinygpt export: note: the export does not name the training data (this run read {progress.get('data')}): "
             "pass --dataset to add it",
             file=sys.stderr,
         )
