@@ -153,11 +153,15 @@ def read_gguf(path) -> tuple[dict, dict]:
     return fields, tensors
 
 
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+
+
+@pytest.mark.parametrize("dtype", gguf_export.DTYPES)
 @pytest.mark.parametrize("name", RUNS)
-def test_every_metadata_key_reads_back(name, gguf_runs, gguf_files):
+def test_every_metadata_key_and_tensor_reads_back(name, dtype, gguf_runs, gguf_files):
     model, tokenizer = load_model(gguf_runs[name])
     cfg = model.cfg
-    fields, tensors = read_gguf(gguf_files[name, "f32"])
+    fields, tensors = read_gguf(gguf_files[name, dtype])
 
     description = fields.pop("general.description")
     for fact in ("tinygpt", "TinyStories", "Eldan", "CDLA-Sharing-1.0", "150 steps", "Validation bits per byte"):
@@ -168,12 +172,12 @@ def test_every_metadata_key_reads_back(name, gguf_runs, gguf_files):
     expected = {
         "general.architecture": cfg.family,
         "general.type": "model",
-        "general.name": f"{name}-f32",
+        "general.name": f"{name}-{dtype}",
         "general.license": "CDLA-Sharing-1.0",
         "general.dataset.count": 1,
         "general.dataset.0.name": "TinyStories",
         "general.dataset.0.repo_url": "https://huggingface.co/datasets/roneneldan/TinyStories",
-        "general.file_type": gguf.LlamaFileType.ALL_F32,
+        "general.file_type": FILE_TYPES[dtype],
         "general.quantization_version": gguf.GGML_QUANT_VERSION,
         f"{cfg.family}.vocab_size": cfg.vocab_size,
         f"{cfg.family}.context_length": 64,
@@ -220,39 +224,35 @@ def test_every_metadata_key_reads_back(name, gguf_runs, gguf_files):
         })
     assert fields == expected
 
+    shapes = {tensor: shape for tensor, (_, shape) in tensors.items()}
     n_embd, V = cfg.n_embd, cfg.vocab_size
-    assert tensors["token_embd.weight"] == ("F32", [n_embd, V])
-    assert ("output.weight" in tensors) == (not cfg.tie_weights)  # llama.cpp reuses token_embd when tied
+    assert shapes["token_embd.weight"] == [n_embd, V]
+    assert ("output.weight" in shapes) == (not cfg.tie_weights)  # llama.cpp reuses token_embd when tied
     if cfg.family == "gpt2":
-        assert tensors["position_embd.weight"] == ("F32", [n_embd, 64])
-        assert tensors["blk.1.attn_qkv.bias"] == ("F32", [3 * n_embd])  # written as zeros when absent
-        assert tensors["blk.1.ffn_down.weight"] == ("F32", [cfg.hidden_dim, n_embd])
-        assert len(tensors) == 4 + 12 * cfg.n_layer + (not cfg.tie_weights)
+        assert shapes["position_embd.weight"] == [n_embd, 64]
+        assert shapes["blk.1.attn_qkv.bias"] == [3 * n_embd]  # written as zeros when absent
+        assert shapes["blk.1.ffn_down.weight"] == [cfg.hidden_dim, n_embd]
+        assert len(shapes) == 4 + 12 * cfg.n_layer + (not cfg.tie_weights)
     else:
-        assert tensors["blk.1.attn_k.weight"] == ("F32", [n_embd, cfg.kv_heads * cfg.head_dim])
-        assert tensors["blk.1.attn_output.weight"] == ("F32", [cfg.n_head * cfg.head_dim, n_embd])
-        assert len(tensors) == 2 + 9 * cfg.n_layer + (not cfg.tie_weights)
+        assert shapes["blk.1.attn_k.weight"] == [n_embd, cfg.kv_heads * cfg.head_dim]
+        assert shapes["blk.1.attn_output.weight"] == [cfg.n_head * cfg.head_dim, n_embd]
+        assert len(shapes) == 2 + 9 * cfg.n_layer + (not cfg.tie_weights)
+    for tensor, (kind, shape) in tensors.items():
+        if len(shape) == 1 or dtype == "f32":  # norms and biases stay f32, as llama.cpp's converter writes them
+            assert kind == "F32", tensor
+        else:  # q8_0 holds rows of a multiple of 32 values (shape[0]: GGUF lists the row length first)
+            assert kind == ("Q8_0" if dtype == "q8_0" and shape[0] % 32 == 0 else "F16"), tensor
 
 
-def test_dtypes_write_matrices_as_asked(gguf_files, gguf_runs, capsys):
-    for dtype, file_type in [("f16", gguf.LlamaFileType.MOSTLY_F16), ("q8_0", gguf.LlamaFileType.MOSTLY_Q8_0)]:
-        for name in RUNS:
-            fields, tensors = read_gguf(gguf_files[name, dtype])
-            assert fields["general.file_type"] == file_type
-            for tensor, (kind, shape) in tensors.items():
-                if len(shape) == 1:
-                    assert kind == "F32", tensor  # norms and biases stay f32, as llama.cpp's converter writes them
-                elif dtype == "q8_0" and shape[0] % 32:
-                    assert kind == "F16", tensor
-                else:
-                    assert kind == dtype.upper(), tensor
-    # the summary names the matrices q8_0 could not hold: llama-bpe's 48-wide attention output, 80-wide MLP
-    out = gguf_files["llama-bpe", "q8_0"].with_name("again.gguf")
+def test_q8_0_summary_lists_the_matrices_written_f16(gguf_runs, tmp_path, capsys):
+    """llama-bpe's attention output (rows of 2 heads x 24) and MLP down projection (rows of 80)."""
+    out = tmp_path / "q8.gguf"
     assert main(["export", str(gguf_runs["llama-bpe"]), str(out), "--format", "gguf", "--dtype", "q8_0"]) == 0
     printed = capsys.readouterr().out
     assert "written f16 (rows not a multiple of 32, which q8_0 needs): blk.0.attn_output.weight, blk.0.ffn_down.weight, " \
            "blk.1.attn_output.weight, blk.1.ffn_down.weight\n" in printed
     assert f"wrote {out}: llama.cpp architecture llama, q8_0, 21 tensors" in printed
+    assert "run it: llama-completion -m" in printed and "-c 64 --temp 0.8 --top-k 0 --top-p 1 --min-p 0" in printed
 
 
 def test_ollama_folder_holds_the_model_and_a_modelfile(gguf_runs, tmp_path, capsys):
