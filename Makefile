@@ -22,7 +22,9 @@ setup: $(BIN)/python
 
 setup-dev: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	@# llama-cpp-python compiles llama.cpp (the GGUF tests run every export in it); pip caches the wheel for later runs
+	@# llama-cpp-python compiles llama.cpp (the GGUF tests run every export in it); pip caches the wheel for later runs.
+	@# It needs a C++ compiler (cmake and ninja come from PyPI when missing).
+	@command -v c++ >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null)
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "building llama.cpp for the GGUF tests: about 5 minutes on 2 free cores"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q -e ".[dev,hf,serve,gguf]"
 	@# The browser test drives Debian's chromium; without root or apt it skips with a reason.
