@@ -306,10 +306,12 @@ def write_gguf(path: Path, model: nn.Module, cfg: ModelConfig, tokenizer: Tokeni
             if dtype == "q8_0":
                 fallback.append(name)
             writer.add_tensor(name, array.astype(np.float16))
-    writer.write_header_to_file(path)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
     return GGUFSummary(family.arch, dtype, cfg.block_size, len(tensors), path.stat().st_size, fallback)
 
 
