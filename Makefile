@@ -1,4 +1,5 @@
-# Two entry points: `make demo [DATA=file.txt]` runs the main job, `make test` runs the tests.
+# Two entry points: `make demo [DATA=file.txt]` runs the main job, `make test` runs the tests
+# (and `make screenshots` redraws docs/*.png from the demo's run).
 # Both set up .venv first; torch is installed only when missing (CPU/PyPI build: see README for CUDA).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PRESET ?= cpu-10min
 TIME   ?= 3m
 PROMPT ?= Once upon a time
 
-.PHONY: setup setup-dev demo test lint
+.PHONY: setup setup-dev demo test lint screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +37,14 @@ demo: setup
 	$(BIN)/tinygpt prepare $(DATA) --out $(RUN)/data --config $(PRESET)
 	$(BIN)/tinygpt train --data $(RUN)/data --out $(RUN) --config $(PRESET) --max-time $(TIME)
 	$(BIN)/tinygpt sample $(RUN) --prompt "$(PROMPT)" --max-new-tokens 300 --seed 1
+	$(BIN)/tinygpt inspect $(RUN) --text "$(PROMPT), there was a little girl named Lily. She loved to play with her red ball."
 
 test: setup-dev
 	$(BIN)/python -m pytest -q
 
 lint: setup-dev
 	$(BIN)/ruff check src tests bench
+
+# The README's pictures of the playground and its Inspect view, from a trained run (make demo first).
+screenshots: setup-dev
+	$(BIN)/python tests/screenshots.py $(RUN) docs

@@ -2,15 +2,15 @@
 
 Trains a tiny char-level model on three short stories (a few seconds), saves it as a
 checkpoint, starts `python -m tinygpt serve` on a free port, then generates a story, starts
-a long one and stops it, checking on the server that the generation was dropped.
+a long one and stops it, checking on the server that the generation was dropped; and looks
+inside a text in the Inspect view: its tokens, the alternatives on hover, the attention grid
+on click, the samples timeline, at desktop and at phone width.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.skip(f"needs Chromium at {CHROMIUM} and its driver at {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)", allow_module_level=True)
+from chromium import FOUND, MISSING, chromium, click_token, inspect_text, serving
+
+if not FOUND:
+    pytest.skip(MISSING, allow_module_level=True)
 
 import torch
 
@@ -80,49 +82,23 @@ def train_checkpoint(run: Path) -> None:
     tokenizer.save(run / "tokenizer")
     config = dump_toml(Config(model=cfg, tokenizer=TokenizerConfig(kind="char")))
     save_checkpoint(Run(run).step_folder(300), {"model": model.state_dict(), "progress": {"step": 300}}, config, run / "tokenizer")
+    samples = [{"step": 0, "val_bpb": 6.2, "text": "Lh,Tg e"}, {"step": 300, "val_bpb": 1.1, "text": STORIES[:80]}]
+    Run(run).samples.write_text("".join(json.dumps(row) + "\n" for row in samples), encoding="utf-8")
 
 
 @pytest.fixture
 def server(tmp_path):
-    """`tinygpt serve` on a free port (it prints the URL it took); yields the URL."""
+    """`tinygpt serve` on a free port; yields the URL."""
     run = tmp_path / "storyteller"
     train_checkpoint(run)
-    command = [sys.executable, "-m", "tinygpt", "serve", str(run), "--port", "0", "--device", "cpu", "--max-tokens", str(MAX_TOKENS)]
-    log = tmp_path / "serve.log"  # a file, not a pipe: nobody reads stderr while the test runs
-    with log.open("w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        url = None
-        for line in process.stdout:
-            if match := re.search(r"http://127\.0\.0\.1:\d+/", line):
-                url = match.group(0)
-                break
-        assert url, f"tinygpt serve printed no URL; its stderr:\n{log.read_text()}"
+    with serving(run, tmp_path / "serve.log", "--max-tokens", str(MAX_TOKENS)) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1100,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    try:
+    with chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def health(url: str) -> dict:
@@ -175,3 +151,54 @@ def test_generate_and_stop_in_the_browser(server, browser, tmp_path):
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(name.startswith(url) for name in loaded), loaded
     print(f"screenshots: {tmp_path / 'playground.png'}, {tmp_path / 'stopped.png'}")  # shown with pytest -s
+
+
+@pytest.mark.slow
+def test_inspect_view_in_the_browser(server, browser, tmp_path):
+    url = server
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
+    find = browser.find_element
+    browser.get(url)
+    wait.until(lambda b: find(By.ID, "model-name").text == "storyteller")
+
+    text = "Once upon a time, there was a little fox named Pip."  # within the context of 64
+    assert inspect_text(browser, wait, text) == f"{len(text)} tokens"  # a char model: one token per character
+    spans = browser.find_elements(By.CSS_SELECTOR, "#tokens .token:not(.context)")
+    assert len(spans) == len(text)
+    assert re.fullmatch(r"\d\.\d{3} bits per byte \(\d+\.\d\d bits per token\)", find(By.ID, "inspect-bpb").text)
+
+    # Hover: the token's probability and the five tokens the model expected there.
+    ActionChains(browser).move_to_element(spans[30]).perform()  # the "l" of "little"
+    wait.until(lambda b: find(By.ID, "token-tip").is_displayed())
+    tip = find(By.ID, "token-tip")
+    alternatives = tip.find_elements(By.CSS_SELECTOR, ".alternatives li")
+    assert len(alternatives) == 5 and "the model expected" in tip.text
+    assert all(re.search(r"\d(\.\d+)?%|e-\d", li.text) for li in alternatives)
+    assert tip.find_element(By.CSS_SELECTOR, ".piece").text == "l"
+
+    # Click: the attention grid (2 layers x 4 heads) and the logit lens at that token.
+    cells = click_token(browser, wait, spans[37])  # "f" of "fox"
+    assert len(cells) == 2 * 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#lens-table tr")) == 1 + 2
+    ActionChains(browser).move_to_element(cells[5]).perform()
+    wait.until(lambda b: "attention from f, layer 1 head 1" in find(By.ID, "painting").text)
+    painted = [s.value_of_css_property("background-color") for s in spans[:38]]
+    assert any(color.startswith("rgba(47, 111, 235") for color in painted)
+    browser.save_screenshot(str(tmp_path / "inspect.png"))
+
+    # The run's samples timeline, and a sample inspected from it.
+    items = browser.find_elements(By.CSS_SELECTOR, "#timeline li")
+    assert len(items) == 2 and "step 300" in items[1].text and "1.100 bits per byte" in items[1].text
+    items[0].find_element(By.TAG_NAME, "button").click()
+    wait.until(lambda b: find(By.ID, "token-count").text == "7 tokens")
+
+    # Phone width: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    inspect_text(browser, wait, text)
+    click_token(browser, wait, browser.find_elements(By.CSS_SELECTOR, "#tokens .token:not(.context)")[10])
+    wide = browser.execute_script(
+        "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 391)"
+        ".map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 390, wide
+    browser.save_screenshot(str(tmp_path / "inspect-phone.png"))
+    print(f"screenshots: {tmp_path / 'inspect.png'}, {tmp_path / 'inspect-phone.png'}")

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from tinygpt import generate, serve
+from tinygpt.analysis import Inspector
 from tinygpt.config import ModelConfig
 from tinygpt.generate import Sampler
 from tinygpt.model import GPT
@@ -110,7 +111,7 @@ def test_page_is_self_contained(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
-    assert len(assets) == 2
+    assert len(assets) == 4  # the playground's and the Inspect view's script and style
     for text in [page.text] + [client.get(a).text for a in assets]:
         assert not re.search(r"(src|href)=\"(https?:)?//|url\(\s*['\"]?(https?:)?//|@import", text), "fetches from the internet"
 
@@ -302,6 +303,77 @@ def test_disconnect_cancels_the_generation(live_server, stream):
         idle = {"status": "ok", "model": NAME, "running": 0, "waiting": 0, "limit": 32, "cancelled": 1}
         wait_for(lambda: http.get("/health").json() == idle)
         assert time.monotonic() - started < 5, "1000 tokens take 10 s or more: the generation was dropped, not finished"
+
+
+# ---------------------------------------------------------------- POST /v1/inspect and GET /v1/samples
+
+
+def test_inspect_answers_the_tokens_then_one_position(client, sampler):
+    text = "Once upon a time, a little fox found a"  # 38 characters, under the limit of 40: two windows of 32
+    first = client.post("/v1/inspect", json={"text": text})
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert answer["object"] == "inspection" and answer["model"] == NAME and answer["windows"] == 2
+    assert answer["n_tokens"] == len(text) and "".join(t["text"] for t in answer["tokens"]) == text  # char tokens
+    inspector = Inspector(sampler.model, sampler.tokenizer)
+    assert answer["bits"] == pytest.approx(inspector.score(inspector.encode(text)).total_bits, abs=1e-3)
+    token = answer["tokens"][3]
+    assert len(token["top"]) == 5 and len(token["lens"]) == 1 and token["lens"][0][0] == token["rank"]
+
+    second = client.post("/v1/inspect", json={"text": text, "position": 3, "top_k": 3}).json()
+    assert second["object"] == "inspection.position" and second["token"] == {"id": token["id"], "text": "e"}
+    assert [k.get("text") for k in second["keys"]] == ["<|endoftext|>\n", "O", "n", "c", "e"]
+    assert len(second["attention"]) == 1 and len(second["attention"][0]) == 2 and len(second["attention"][0][0]) == 5
+    assert len(second["lens"][0]["top"]) == 3 and second["next"]["text"] == " "
+    later = client.post("/v1/inspect", json={"text": text, "position": 35, "layer": 0, "head": 1}).json()
+    assert later["key_start"] == 32 and later["heads"] == [1] and len(later["attention"][0][0]) == 36 - 32 + 1
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({}, 400, "text"),
+        ({"text": 5}, 400, "text"),
+        ({"text": "a snowman ☃"}, 400, "text"),
+        ({"text": "a" * 41}, 400, "text"),
+        ({"text": "abc", "top_k": 0}, 400, "top_k"),
+        ({"text": "abc", "top_k": 21}, 400, "top_k"),
+        ({"text": "abc", "position": 3}, 400, "position"),
+        ({"text": "abc", "position": -1}, 400, "position"),
+        ({"text": "abc", "position": "1"}, 400, "position"),
+        ({"text": "abc", "layer": 0}, 400, "position"),
+        ({"text": "abc", "position": 0, "layer": 1}, 400, "layer"),
+        ({"text": "abc", "position": 0, "head": 2}, 400, "head"),
+        ({"text": "abc", "model": "gpt-4"}, 404, "model"),
+    ],
+)
+def test_bad_inspections_name_the_field(client, body, status, param):
+    response = client.post("/v1/inspect", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_inspections_wait_in_the_generation_queue(sampler, slow):
+    with TestClient(create_app(sampler, NAME, Limits(max_tokens=1000, queue=1))) as client:
+        with client.stream("POST", "/v1/completions", json={"prompt": "Once", "max_tokens": 1000, "stream": True}) as busy:
+            lines = busy.iter_lines()
+            next(lines)  # generating: the one place is taken
+            assert client.post("/v1/inspect", json={"text": "Once"}).status_code == 429
+        wait_for(lambda: client.get("/health").json()["running"] == 0)
+        assert client.post("/v1/inspect", json={"text": "Once"}).status_code == 200
+
+
+def test_samples_timeline(sampler, tmp_path):
+    with TestClient(create_app(sampler, NAME)) as client:
+        bare = client.get("/v1/samples").json()
+    assert bare["data"] == [] and "bare checkpoint" in bare["note"]
+    run = tmp_path / "stories"
+    (run / "best").mkdir(parents=True)
+    rows = [{"step": 0, "val_bpb": 6.1, "text": "Onxe"}, {"step": 500, "val_bpb": 1.4, "text": "Once upon"}]
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 10')  # cut short
+    with TestClient(create_app(sampler, NAME, checkpoint=run / "best")) as client:
+        assert client.get("/v1/samples").json() == {"object": "list", "data": rows, "note": ""}
 
 
 # ---------------------------------------------------------------- the command

@@ -22,7 +22,7 @@ from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
-from tinygpt.metrics import Metrics, read_metrics
+from tinygpt.metrics import Metrics, read_metrics, read_samples
 from tinygpt.model import GPT
 from tinygpt.run import Run, load_model
 from tinygpt.shards import ShardSet
@@ -167,6 +167,11 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
     assert [r["step"] for r in rows if r["kind"] == "train"] == [10, 20, 30, 40, 50, 60]
     assert all(r["bpb"] > 0 and r["tokens_per_s"] > 0 for r in rows if r["kind"] == "train")
 
+    samples = read_samples(run)  # one at every evaluation: how the text improved
+    assert [(r["step"], r["val_bpb"]) for r in samples] == [(r["step"], r["bpb"]) for r in evals]
+    assert all(len(r["text"]) >= 20 for r in samples)  # 20 char tokens (the end-of-text one stands for 14 characters)
+    assert f"--- sample (20 tokens, temperature 1.0) ---\n{samples[-1]['text']}\n---" in out  # the last one, printed
+
     assert [p.name for p in Run(run).checkpoints()] == ["step-0000000040", "step-0000000060"]  # keep_last 2
     assert ckpt.read_progress(run / "best")["step"] == 60
     model, tokenizer = load_model(run)  # what sampling and export load: the best checkpoint
@@ -190,6 +195,15 @@ def test_resume_is_bit_exact(char_data, tmp_path):
     assert trainer.step == 10
     trainer.fit()
     assert_same_weights(Run(tmp_path / "straight").step_folder(30), Run(resumed_run).step_folder(30))
+
+
+def test_samples_at_every_evaluation_leave_the_training_untouched(char_data, tmp_path):
+    """Sampling draws from its own generator: with or without it, the same weights, bit for bit."""
+    for tokens in (0, 20):
+        cfg = tiny(train__max_iters=12, train__eval_interval=4, train__sample_tokens=tokens)
+        Trainer(cfg, char_data, tmp_path / str(tokens)).fit()
+    assert_same_weights(Run(tmp_path / "0").step_folder(12), Run(tmp_path / "20").step_folder(12))
+    assert [r["step"] for r in read_samples(tmp_path / "20")] == [0, 4, 8, 12] and not read_samples(tmp_path / "0")
 
 
 def test_time_budget_becomes_a_saved_step_count(char_data, tmp_path, capsys):
@@ -231,13 +245,15 @@ def test_raw_text_is_prepared_into_the_run_folder(text_files, tmp_path):
     assert ckpt.read_progress(Run(run).latest())["data"] == str((run / "data").resolve())
 
 
-def test_resumed_metrics_drop_points_after_the_checkpoint_and_a_cut_line(tmp_path):
+def test_resumed_metrics_and_samples_drop_rows_after_the_checkpoint_and_a_cut_line(tmp_path):
     rows = [{"kind": "train", "step": s, "bpb": 1.0} for s in (10, 20, 30)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tr')
+    samples = [{"step": s, "val_bpb": 2.0, "text": "Once"} for s in (0, 20, 40)]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples) + '{"step": 6')
     Metrics(tmp_path, resume_step=20).close()
-    assert read_metrics(tmp_path) == rows[:2]
+    assert read_metrics(tmp_path) == rows[:2] and read_samples(tmp_path) == samples[:2]
     Metrics(tmp_path, resume_step=None).close()  # a new run starts afresh
-    assert read_metrics(tmp_path) == []
+    assert read_metrics(tmp_path) == [] and read_samples(tmp_path) == []
 
 
 # ---------------------------------------------------------------- real processes: kill -9 and signals

@@ -42,6 +42,8 @@ COMMANDS = (
             "tinygpt.generate:add_sample_arguments", "tinygpt.generate:run_sample"),
     Command("eval", "exact loss, perplexity and bits per byte of a model over a text or shards",
             "tinygpt.evaluate:add_eval_arguments", "tinygpt.evaluate:run_eval"),
+    Command("inspect", "look inside a model: surprisal per token, attention, logit lens, what it learned",
+            "tinygpt.analysis_view:add_inspect_arguments", "tinygpt.analysis_view:run_inspect"),
     Command("info", "size, FLOPs, memory and training progress of a run, checkpoint or preset",
             "tinygpt.info:add_info_arguments", "tinygpt.info:run_info"),
     Command("export", "export a trained model for Hugging Face transformers, llama.cpp or Ollama",

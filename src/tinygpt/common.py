@@ -138,3 +138,12 @@ def read_json(path: str | Path, what: str) -> dict:
         raise TinyGPTError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TinyGPTError(f"{what} is not valid JSON: {path} ({e})") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of a JSON-lines file the project appends to; a line cut short (a killed writer) is skipped."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows

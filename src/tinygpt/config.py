@@ -157,7 +157,7 @@ class TrainConfig:
     dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
     compile: str = "auto"  # "auto" (on for CUDA), "on", "off"
     threads: int = 0  # CPU threads for torch; 0: torch's default
-    sample_tokens: int = 200  # length of the sample printed at the end
+    sample_tokens: int = 200  # length of the sample written at every evaluation (RUN/samples.jsonl) and printed at the end; 0: none
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "eval_interval", "log_interval", "ckpt_interval"):

@@ -12,8 +12,12 @@ shorter last window weighs exactly as much as its tokens, not as much as a full 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
+from collections.abc import Iterator
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -26,6 +30,19 @@ from .shards import ShardSet, is_prepared
 def bits_per_byte(loss_nats_sum: float, n_bytes: float) -> float:
     """Summed cross-entropy in nats over some tokens -> bits per byte of the text they stand for."""
     return loss_nats_sum / math.log(2) / n_bytes
+
+
+def logprobs_and_bits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits (..., V) and the tokens that came (...) -> (log-probabilities, surprisal).
+
+    logprobs (..., V): log_softmax in nats, computed in float32 (a bf16 log-softmax over a
+    large vocabulary is too coarse). bits (...): each target's surprisal -log2 p(target), the
+    cross-entropy of that one token in bits. The one place logits become probabilities for
+    `tinygpt eval`, `tinygpt inspect` and the API.
+    """
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    bits = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) / -math.log(2)
+    return logprobs, bits
 
 
 @torch.no_grad()
@@ -41,7 +58,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Loss (nats per token) and bits per byte over the evaluation windows of `shards`.
+    """Loss (nats per token), bits per byte and total bits over the evaluation windows of `shards`.
 
     `max_windows` > 0 takes the same fixed prefix of windows every time, so successive
     evaluations are comparable. The pass uses no randomness (the model runs in eval mode,
@@ -50,7 +67,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss in nats, target tokens, bytes
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # bits, target tokens, bytes
     for i, (x, y) in enumerate(eval_windows(shards, block_size, batch_size, max_windows)):
         if i % world_size != rank:
             continue
@@ -59,12 +76,13 @@ def evaluate(
         x, y = x.to(device), y.to(device)
         with autocast or nullcontext():
             logits, _ = model(x)
-        sums[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        sums[0] += logprobs_and_bits(logits, y)[1].sum(dtype=torch.float64)
     model.train(was_training)
-    loss_sum, tokens, n_bytes = all_reduce_sum(sums).tolist()
+    bits, tokens, n_bytes = all_reduce_sum(sums).tolist()
     return {
-        "loss": loss_sum / tokens,
-        "bpb": bits_per_byte(loss_sum, n_bytes),
+        "loss": bits * math.log(2) / tokens,
+        "bpb": bits / n_bytes,
+        "bits": bits,
         "tokens": int(tokens),
         "bytes": int(n_bytes),
     }
@@ -73,29 +91,24 @@ def evaluate(
 # ---------------------------------------------------------------- `tinygpt eval`
 
 
-def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, batch_size: int = 16, device: str = "auto") -> dict:
-    """Exact bits per byte of a checkpoint over raw text (.txt/.jsonl/.json) or prepared shards.
+@contextlib.contextmanager
+def eval_data(data: str | Path, split: str | None, tokenizer, checkpoint: str | Path | None) -> Iterator[ShardSet]:
+    """The shards `tinygpt eval` scores: a prepared folder's split (default val), or raw text
+    (.txt/.jsonl/.json) encoded with the checkpoint's tokenizer into a temporary prepared folder
+    (streaming, bounded memory) that lives while the block runs.
 
-    Raw text is encoded with the checkpoint's own tokenizer into a temporary prepared folder
-    (streaming, bounded memory), then every token of it is scored.
+    Raises TinyGPTError when a prepared folder was made with another tokenizer.
     """
-    import tempfile
-    from pathlib import Path
-
-    from .common import TinyGPTError, autodetect_device
+    from .common import TinyGPTError
     from .config import Config
     from .prepare import prepare
-    from .run import find_checkpoint, load_model
 
-    folder = find_checkpoint(checkpoint_path)
-    model, tokenizer = load_model(folder)
-    device = autodetect_device(device)
     data_path = Path(data)
     with tempfile.TemporaryDirectory(prefix="tinygpt-eval-") as tmp:
         if not is_prepared(data_path):
             cfg = Config()
             cfg.tokenizer.kind, cfg.data.val_fraction = tokenizer.kind, 0.0
-            prepare([data], Path(tmp) / "data", cfg, tokenizer_from=str(folder), progress=False)
+            prepare([str(data)], Path(tmp) / "data", cfg, tokenizer_from=str(checkpoint), progress=False)
             data_path, split = Path(tmp) / "data", "train"
         shards = ShardSet(data_path, split or "val")
         if shards.manifest["tokenizer_hash"] != tokenizer.hash:
@@ -103,6 +116,18 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
                 f"{data_path} was prepared with another tokenizer ({shards.manifest['tokenizer_hash']}) "
                 f"than the checkpoint's ({tokenizer.hash}): evaluate the raw text instead"
             )
+        yield shards
+
+
+def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, batch_size: int = 16, device: str = "auto") -> dict:
+    """Exact bits per byte of a checkpoint over raw text (.txt/.jsonl/.json) or prepared shards (see eval_data)."""
+    from .common import autodetect_device
+    from .run import find_checkpoint, load_model
+
+    folder = find_checkpoint(checkpoint_path)
+    model, tokenizer = load_model(folder)
+    device = autodetect_device(device)
+    with eval_data(data, split, tokenizer, folder) as shards:
         token_bytes = torch.from_numpy(tokenizer.token_bytes())
         result = evaluate(model.to(device), shards, token_bytes, model.cfg.block_size, batch_size, device=device)
     result["perplexity"] = math.exp(result["loss"])

@@ -69,10 +69,7 @@ def eval_windows(
     taken = 0
     batch: list[np.ndarray] = []
     for shard in shards.shards:
-        n = len(shard)
-        for start in range(0, n - 1, block_size):
-            length = min(block_size + 1, n - start)
-            row = np.asarray(shard[start : start + length], dtype=np.int64)
+        for row in sequence_windows(shard, block_size):
             if batch and len(row) != len(batch[0]):
                 yield _pair(batch)
                 batch = []
@@ -87,6 +84,14 @@ def eval_windows(
                 return
     if batch:
         yield _pair(batch)
+
+
+def sequence_windows(tokens: np.ndarray, block_size: int) -> Iterator[np.ndarray]:
+    """The evaluation windows of one token sequence: rows tokens[i*T : i*T + T + 1] (int64) for T =
+    block_size, each input block_size tokens and its targets shifted by one; the last may be shorter.
+    Every token but the first is a target exactly once."""
+    for start in range(0, len(tokens) - 1, block_size):
+        yield np.asarray(tokens[start : start + block_size + 1], dtype=np.int64)
 
 
 def _pair(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""A training run's numbers: RUN/metrics.jsonl (always), TensorBoard (when installed), the loss curve,
-and the `tinygpt plot` command that redraws it."""
+"""A training run's numbers: RUN/metrics.jsonl (always), TensorBoard (when installed), the samples of
+text taken at each evaluation (RUN/samples.jsonl), the loss curve, and the `tinygpt plot` command
+that redraws it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import TinyGPTError
+from .common import TinyGPTError, read_jsonl
 from .run import METRICS, PLOT, Run
 
 
@@ -16,28 +17,33 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Run(run_dir).metrics
     if not path.is_file():
         raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(path)
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    """RUN/samples.jsonl, oldest first: {"step", "val_bpb", "text"} per evaluation; [] when there is none."""
+    path = Run(run_dir).samples
+    return read_jsonl(path) if path.is_file() else []
+
+
+def _resumed_lines(path: Path, resume_step: int | None):
+    """A JSON-lines file opened for appending: a new run starts it empty; a resumed one keeps the rows
+    up to its checkpoint's step, since those after it are about to be written again."""
+    kept = [row for row in read_jsonl(path) if row["step"] <= resume_step] if resume_step is not None and path.is_file() else []
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
+    return path.open("a", encoding="utf-8")
 
 
 class Metrics:
-    """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed."""
+    """Where numbers go: RUN/metrics.jsonl always (one JSON object per line), TensorBoard when installed,
+    and a sample of text per evaluation in RUN/samples.jsonl."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None):
-        """A new run starts an empty file; a resumed one drops the points its interrupted run
-        logged after the checkpoint, since they are about to be logged again."""
+        """A new run starts empty files; a resumed one drops the rows its interrupted run
+        wrote after the checkpoint, since they are about to be written again."""
         run = Run(run_dir)
-        self.path = run.metrics
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-        self.file = self.path.open("a", encoding="utf-8")
+        self.file = _resumed_lines(run.metrics, resume_step)
+        self.samples = _resumed_lines(run.samples, resume_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -53,8 +59,14 @@ class Metrics:
                 if isinstance(value, float):
                     self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
 
+    def sample(self, step: int, val_bpb: float, text: str) -> None:
+        """One row of the samples timeline: the text the model wrote at `step`, and its validation bits per byte then."""
+        self.samples.write(json.dumps({"step": step, "val_bpb": val_bpb, "text": text}, ensure_ascii=False) + "\n")
+        self.samples.flush()
+
     def close(self) -> None:
         self.file.close()
+        self.samples.close()
         if self.tensorboard:
             self.tensorboard.close()
 

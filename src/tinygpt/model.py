@@ -111,6 +111,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal attention weights softmax(q k^T / sqrt(hs)) (B, nh, T, S) for queries q (B, nh, T, hs)
+    at the last T of the S positions of the keys k (B, nh, S, hs); T = S in training.
+
+    Row i holds how much query i takes from each key it may see; each row sums to 1 (Vaswani et
+    al. 2017, eq. 1). scaled_dot_product_attention computes the same without keeping them.
+    """
+    T, S = q.size(2), k.size(2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
+
 class KVCache(nn.Module):
     """Keys and values of the positions seen so far, for one layer.
 
@@ -202,11 +215,7 @@ class CausalSelfAttention(nn.Module):
         The same computation as scaled_dot_product_attention(is_causal=True, dropout_p=p), whose
         CPU kernel draws torch's own dropout numbers (the slow path described in dropout_mask).
         """
-        T = q.size(2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        return self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        return self.attn_dropout(attention_weights(q, k)) @ v  # (B, nh, T, hs)
 
 
 class GPT2Attention(CausalSelfAttention):
@@ -372,7 +381,8 @@ class Family(nn.Module):
     final norm) under Hugging Face's names, so that state dicts map 1:1, and FAMILIES below
     names it. GPT asks it for what differs and never tests model.family. A subclass gives:
     - prefix: its attribute in Hugging Face's model, so the first part of its parameter names
-    - the attribute names of its token embedding and position encoding (tokens, positions)
+    - the attribute names of its token embedding, position encoding, blocks and final norm
+      (tokens, positions, blocks, final_norm: what tinygpt.analysis looks inside through)
     - head_bias: whether the output layer has a bias
     - forward(idx (B, T), pos (T,) position ids, start_pos) -> hidden states (B, T, C)
     """
@@ -380,6 +390,8 @@ class Family(nn.Module):
     prefix: str
     tokens_name: str
     positions_name: str
+    blocks_name: str
+    norm_name: str
     head_bias: bool
 
     @property
@@ -392,11 +404,22 @@ class Family(nn.Module):
         """The position encoding, which also decides how a KV cache goes on past the context."""
         return getattr(self, self.positions_name)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, first to last; each maps the residual stream (B, T, C) to its next state."""
+        return getattr(self, self.blocks_name)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the output layer."""
+        return getattr(self, self.norm_name)
+
 
 class GPT2Model(Family):
     """gpt2: token plus learned position embeddings, GPT-2 blocks, a final LayerNorm (Hugging Face's GPT2Model)."""
 
     prefix, tokens_name, positions_name = "transformer", "wte", "wpe"  # GPT2LMHeadModel.transformer.wte
+    blocks_name, norm_name = "h", "ln_f"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -418,6 +441,7 @@ class LlamaModel(Family):
     """llama: token embeddings, Llama blocks turning q and k by rotary positions, a final RMSNorm (Hugging Face's LlamaModel)."""
 
     prefix, tokens_name, positions_name = "model", "embed_tokens", "rotary_emb"  # LlamaForCausalLM.model.embed_tokens
+    blocks_name, norm_name = "layers", "norm"
     head_bias = False  # no biases anywhere: model.bias_* do not apply
 
     def __init__(self, cfg: ModelConfig):

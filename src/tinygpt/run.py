@@ -9,7 +9,7 @@
         metrics.jsonl               one JSON object per logged point (metrics.py)
         tensorboard/                the same points, when TensorBoard is installed
         loss.png                    train and validation bits per byte against the step
-        samples.jsonl               text sampled while training (reserved: nothing writes it yet)
+        samples.jsonl               a short text sampled at every evaluation: {"step", "val_bpb", "text"} a line
 
 `Run` is the one owner of this layout (no other module spells these names) and makes the
 decisions about it, in the spirit of torchtitan's checkpointer: the trainer asks it whether a
@@ -61,7 +61,7 @@ class Run:
         self.metrics = self.folder / METRICS
         self.tensorboard = self.folder / TENSORBOARD
         self.plot = self.folder / PLOT
-        self.samples = self.folder / SAMPLES  # reserved for text sampled while training, a JSON object a sample
+        self.samples = self.folder / SAMPLES  # metrics.Metrics.sample writes it, metrics.read_samples reads it
         self.ckpt_interval, self.keep_last = ckpt_interval, keep_last
         self.best_val_bpb: float | None = None
 

@@ -2,11 +2,14 @@
 
     GET  /                 the playground page (plain HTML/CSS/JS from src/tinygpt/static/)
     POST /v1/completions   OpenAI's legacy completions, streamed as server-sent events with "stream": true
+    POST /v1/inspect       a text's tokens with surprisal, top-5 and logit-lens ranks; with "position",
+                           the attention from that token and the logit lens there (tinygpt.analysis)
+    GET  /v1/samples       the training run's samples timeline (a sample at every evaluation)
     GET  /v1/models        the one model served, with its size and tokenizer
     GET  /health           liveness, and what the generation queue is doing
 
-The KV cache lives in the model, so a single worker thread generates for one request at a
-time. Requests wait their turn first come, first served; at most `--queue` of them are
+The KV cache lives in the model, and an inspection puts hooks on it, so a single worker thread
+runs one request at a time, generations and inspections alike. Requests wait their turn first come, first served; at most `--queue` of them are
 admitted (running or waiting) and the rest get 429. A request holds its place until its
 response ends, however it ends: a client that disconnects gives its place back at once, and
 the worker drops its generation before the next token.
@@ -31,12 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .analysis import TOP_K, Inspector, detail_range_error
 from .common import TinyGPTError
 from .generate import Sampler
-from .run import run_of
+from .run import SAMPLES, find_checkpoint, run_of
 
 STATIC = Path(__file__).parent / "static"
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
+MAX_TOP_K = 20  # alternatives per position an inspection may ask for
 
 
 # ---------------------------------------------------------------- requests
@@ -99,20 +106,25 @@ def _field(body: dict, name: str, json_type: str, default, param: str | None = N
     return value
 
 
-def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limits) -> Completion:
-    """Check every field of a request body against OpenAI's meaning and this server's limits."""
+def _json_body(raw: bytes, model_name: str, example: str) -> dict:
+    """The request body as a JSON object, for this server's model."""
     if not raw.strip():
-        raise ApiError(400, 'the request body is empty: send a JSON object such as {"prompt": "Once upon a time"}')
+        raise ApiError(400, f"the request body is empty: send a JSON object such as {example}")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
-
     model = _field(body, "model", "string", model_name)
     if model != model_name:
         raise ApiError(404, f"model {model!r} is not served here; this server has {model_name!r}", "model", code="model_not_found")
+    return body
+
+
+def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limits) -> Completion:
+    """Check every field of a request body against OpenAI's meaning and this server's limits."""
+    body = _json_body(raw, model_name, '{"prompt": "Once upon a time"}')
     max_tokens = _field(body, "max_tokens", "integer", 16)
     if not 1 <= max_tokens <= limits.max_tokens:
         raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens} on this server, got {max_tokens}", "max_tokens")
@@ -142,6 +154,39 @@ def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limi
     if len(prompt_ids) > max_prompt:
         raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; this server takes at most {max_prompt}", "prompt")
     return Completion(prompt_ids, max_tokens, float(temperature), float(top_p), top_k, seed, stop, stream, include_usage)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """A valid /v1/inspect request: the text's ids (end-of-text first) and what to look at."""
+
+    ids: np.ndarray  # int64: [end-of-text, t_0, ..., t_{n-1}]
+    top_k: int
+    position: int | None
+    layer: int | None
+    head: int | None
+
+
+def parse_inspection(raw: bytes, inspector: Inspector, model_name: str, limits: Limits) -> Inspection:
+    """Check a /v1/inspect body: "text" (at most the prompt limit in tokens), optional "top_k", and for
+    the second request "position" with optional "layer" and "head", all in range."""
+    body = _json_body(raw, model_name, '{"text": "Once upon a time"}')
+    text = _field(body, "text", "string", "")
+    try:
+        ids = inspector.encode(text, limits.max_prompt_tokens or inspector.model.cfg.block_size)
+    except TinyGPTError as e:  # empty, too long, invalid Unicode, characters a char tokenizer never saw
+        raise ApiError(400, str(e), "text") from None
+    top_k = _field(body, "top_k", "integer", TOP_K)
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ApiError(400, f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}", "top_k")
+    position, layer, head = (_field(body, name, "integer", None) for name in ("position", "layer", "head"))
+    if position is None and (layer is not None or head is not None):
+        raise ApiError(400, "layer and head choose which attention to send for a position: give position too", "position")
+    if position is not None:
+        problem = detail_range_error(inspector.model.cfg, len(ids) - 1, position, layer, head)
+        if problem:
+            raise ApiError(400, problem[1], problem[0])
+    return Inspection(ids, top_k, position, layer, head)
 
 
 def _stop_strings(stop) -> tuple[str, ...]:
@@ -185,6 +230,21 @@ class StopText:
     def flush(self) -> str:
         held, self.held = self.held, ""
         return held
+
+
+@dataclass(frozen=True)
+class Inspected:
+    result: dict  # the JSON answer of an inspection
+
+
+def answer_inspection(inspector: Inspector, request: Inspection) -> Iterator[Inspected]:
+    """The answer to /v1/inspect: the tokens, surprisal, top-k and lens ranks; or, for a position,
+    the attention from it and the logit lens there."""
+    if request.position is None:
+        yield Inspected(inspector.scores_json(inspector.score(request.ids, request.top_k, lens=True)))
+    else:
+        detail = inspector.position_json(request.ids, request.position, request.top_k, request.layer, request.head)
+        yield Inspected(detail)
 
 
 class Cancelled(Exception):
@@ -237,7 +297,7 @@ def complete(sampler: Sampler, request: Completion, cancel: threading.Event) -> 
 class Job:
     """One admitted request: the worker reads it and its cancel flag, and sends events back."""
 
-    def __init__(self, request: Completion):
+    def __init__(self, request: Completion | Inspection):
         self.request = request
         self.cancel = threading.Event()
         self.started = False
@@ -253,8 +313,8 @@ class Job:
         self.cancel.set()
         self._events.put_nowait(Failed("the client disconnected"))
 
-    async def events(self) -> AsyncIterator[str | Finished | Failed]:
-        """Text pieces as they are generated, then one Finished or Failed."""
+    async def events(self) -> AsyncIterator[str | Finished | Inspected | Failed]:
+        """Text pieces as they are generated, then one Finished (or Inspected) or Failed."""
         while True:
             event = await self._events.get()
             yield event
@@ -263,7 +323,7 @@ class Job:
 
 
 class GenerationQueue:
-    """One worker thread generating for one admitted request at a time, in arrival order.
+    """One worker thread running one admitted request (a generation or an inspection) at a time, in arrival order.
 
     Admission and release happen on the event loop, so the count needs no lock; only the
     worker touches the model.
@@ -271,16 +331,17 @@ class GenerationQueue:
 
     def __init__(self, sampler: Sampler, limit: int):
         self.sampler = sampler
+        self.inspector = Inspector(sampler.model, sampler.tokenizer, sampler.device)
         self.limit = limit
         self.jobs: set[Job] = set()  # admitted: running or waiting
         self.running: Job | None = None
         self.cancelled = 0  # generations dropped because their client left
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tinygpt-generate")
 
-    def admit(self, request: Completion) -> Job:
+    def admit(self, request: Completion | Inspection) -> Job:
         if len(self.jobs) >= self.limit:
             raise ApiError(
-                429, f"the server is busy: {self.limit} generations are running or waiting; try again shortly",
+                429, f"the server is busy: {self.limit} requests are running or waiting; try again shortly",
                 kind="rate_limit_error", code="rate_limit_exceeded",
             )
         job = Job(request)
@@ -309,13 +370,15 @@ class GenerationQueue:
             self.cancelled += 1
             return
         job.started, self.running = True, job
+        request = job.request
         try:
-            for event in complete(self.sampler, job.request, job.cancel):
+            work = complete(self.sampler, request, job.cancel) if isinstance(request, Completion) else answer_inspection(self.inspector, request)
+            for event in work:
                 job.send(event)
         except Cancelled:
             self.cancelled += 1
         except Exception as e:  # noqa: BLE001 (a bug or an exhausted device fails this request, never the worker)
-            job.send(Failed(f"generation failed: {type(e).__name__}: {e}"))
+            job.send(Failed(f"{'generation' if isinstance(request, Completion) else 'inspection'} failed: {type(e).__name__}: {e}"))
         finally:
             self.running = None
 
@@ -383,8 +446,9 @@ def model_card(sampler: Sampler, name: str, limits: Limits) -> dict:
     }
 
 
-def create_app(sampler: Sampler, name: str, limits: Limits = Limits()):
-    """The FastAPI app serving `sampler` under the model id `name`."""
+def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoint: Path | None = None):
+    """The FastAPI app serving `sampler` under the model id `name`; `checkpoint`, the folder it
+    was loaded from, finds the training run whose samples timeline GET /v1/samples shows."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
@@ -422,6 +486,17 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits()):
     async def models():
         return {"object": "list", "data": [card]}
 
+    @app.get("/v1/samples")
+    async def samples():
+        from .metrics import read_samples
+
+        run = run_of(checkpoint) if checkpoint else None
+        if run is None:
+            return {"object": "list", "data": [], "note": "a bare checkpoint, not a training run: there is no samples timeline"}
+        rows = read_samples(run)
+        note = "" if rows else f"the run {run.name} has no {SAMPLES}: it was trained before tinygpt wrote one"
+        return {"object": "list", "data": rows, "note": note}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         completion = parse_completion(await request.body(), sampler, name, limits)
@@ -430,18 +505,31 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits()):
         if completion.stream:
             events = event_stream(queue, job, head)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        watcher = asyncio.create_task(_abandon_on_disconnect(request, job))
-        try:
-            pieces = [event async for event in job.events()]
-        finally:
-            watcher.cancel()
-            queue.release(job)
-        *texts, last = pieces
+        *texts, last = await _all_events(queue, job, request)
         if isinstance(last, Failed):
             return JSONResponse(_server_error(last), status_code=500)
         return {**_choice(head, "".join(texts), last.reason), "usage": _usage(completion, last)}
 
+    @app.post("/v1/inspect")
+    async def inspection(request: Request):
+        asked = parse_inspection(await request.body(), queue.inspector, name, limits)
+        last = (await _all_events(queue, queue.admit(asked), request))[-1]
+        if isinstance(last, Failed):
+            return JSONResponse(_server_error(last), status_code=500)
+        kind = "inspection" if asked.position is None else "inspection.position"
+        return {"object": kind, "model": name, **last.result}
+
     return app
+
+
+async def _all_events(queue: GenerationQueue, job: Job, request) -> list:
+    """Every event of a job whose answer is sent whole; its place is freed when it ends or its client leaves."""
+    watcher = asyncio.create_task(_abandon_on_disconnect(request, job))
+    try:
+        return [event async for event in job.events()]
+    finally:
+        watcher.cancel()
+        queue.release(job)
 
 
 async def _abandon_on_disconnect(request, job: Job) -> None:
@@ -460,8 +548,8 @@ async def _abandon_on_disconnect(request, job: Job) -> None:
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Serve a trained model on this machine: a story playground at / and an OpenAI-style API\n"
-        "(POST /v1/completions, streamed with \"stream\": true; GET /v1/models; GET /health).\n\n"
-        "One generation runs at a time; up to --queue requests wait their turn, first come first\n"
+        "(POST /v1/completions, streamed with \"stream\": true; POST /v1/inspect; GET /v1/models; GET /health).\n\n"
+        "One request (a generation or an inspection) runs at a time; up to --queue wait their turn, first come first\n"
         "served, and more get HTTP 429. A client that disconnects frees its place at once.\n\n"
         "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
         "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 100, \"temperature\": 0.8}'"
@@ -485,7 +573,7 @@ def run_serve(args: argparse.Namespace) -> int:
     with _listen(args.host, args.port) as sock:  # before loading: a busy port fails at once, not after the model loads
         sampler = Sampler.from_path(args.path, args.device)
         name = args.name or default_name(args.path)
-        app = create_app(sampler, name, limits)
+        app = create_app(sampler, name, limits, find_checkpoint(args.path).resolve())
         host, port = sock.getsockname()[:2]
         params = sampler.model.num_params() / 1e6
         print(f"tinygpt serve: {name} ({params:.2f}M parameters, {sampler.tokenizer.kind} tokenizer) on {sampler.device}")

@@ -39,12 +39,13 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """Encode a person's prompt; a tokenizer that would lose characters refuses instead."""
+    def encode_prompt(self, text: str, what: str = "prompt") -> list[int]:
+        """Encode a person's prompt (or other text, named `what` in errors); a tokenizer that would lose
+        characters refuses instead."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # JSON or a shell can spell half a surrogate pair
-            raise TinyGPTError(f"the prompt is not valid Unicode: a lone surrogate at position {e.start}") from None
+            raise TinyGPTError(f"the {what} is not valid Unicode: a lone surrogate at position {e.start}") from None
         return self.encode(text)
 
     def encode_docs(self, docs: list[str]) -> tuple[np.ndarray, int]:
@@ -67,8 +68,17 @@ class Tokenizer(ABC):
         """Text for ids; `eot_id` becomes the separator line it stands for."""
 
     @abstractmethod
+    def vocab_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each id stands for, by id (length vocab_size).
+
+        A byte-level token may hold part of a character: its bytes are then not valid UTF-8
+        on their own. Ids that stand for no text (SentencePiece's control and unknown pieces)
+        give b"".
+        """
+
     def token_bytes(self) -> np.ndarray:
-        """UTF-8 bytes each id stands for (int64, length vocab_size): the bits-per-byte denominator."""
+        """How many UTF-8 bytes each id stands for (int64, length vocab_size): the bits-per-byte denominator."""
+        return np.array([len(b) for b in self.vocab_bytes()], dtype=np.int64)
 
     @abstractmethod
     def _save_files(self, out: Path) -> dict:
@@ -127,13 +137,13 @@ class CharTokenizer(Tokenizer):
     def _lookup(self, text: str) -> np.ndarray:
         return np.take(self._table, _codepoints(text))  # np.take: ~4x faster than table[codepoints]
 
-    def encode_prompt(self, text: str) -> list[int]:
+    def encode_prompt(self, text: str, what: str = "prompt") -> list[int]:
         ids = self._lookup(text)
         unknown = np.flatnonzero(ids == self.unk_id)
         if unknown.size:
             pos = int(unknown[0])
             raise TinyGPTError(
-                f"the prompt has character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos}, "
+                f"the {what} has character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos}, "
                 "which this char tokenizer never saw in training"
             )
         return ids.tolist()
@@ -150,9 +160,13 @@ class CharTokenizer(Tokenizer):
         strings = self._strings
         return "".join(strings[i] for i in ids)
 
+    def vocab_bytes(self) -> list[bytes]:
+        return [s.encode() for s in self._strings]  # <unk> as U+FFFD, the text it decodes to
+
     def token_bytes(self) -> np.ndarray:
-        # <unk> stands for a character we cannot recover; count it as one byte.
-        return np.array([len(s.encode()) for s in self._strings[:1]] + [1] + [len(c.encode()) for c in self.chars], dtype=np.int64)
+        lengths = super().token_bytes()
+        lengths[self.unk_id] = 1  # <unk> stands for one character we cannot recover: count it as one byte
+        return lengths
 
     def _save_files(self, out: Path) -> dict:
         return {"chars": self.chars}
@@ -228,13 +242,14 @@ class BPETokenizer(Tokenizer):
         out.append(self._tok.decode(run, skip_special_tokens=False))
         return "".join(out)
 
-    def token_bytes(self) -> np.ndarray:
-        # Byte-level tokens are spelled with one stand-in character per byte.
-        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+    def vocab_bytes(self) -> list[bytes]:
+        # Byte-level tokens are spelled with one stand-in character per byte (GPT-2's byte map).
+        byte_of = {char: byte for byte, char in enumerate(_byte_level_alphabet())}
+        out = [b""] * self.vocab_size
         for token, i in self._tok.get_vocab().items():
-            lengths[i] = len(token)
-        lengths[self.eot_id] = len(EOT_SEPARATOR.encode())
-        return lengths
+            out[i] = bytes(byte_of[char] for char in token)
+        out[self.eot_id] = EOT_SEPARATOR.encode()
+        return out
 
     def _save_files(self, out: Path) -> dict:
         atomic_write_bytes(out / self.FILE, self._tok.to_str().encode())
@@ -327,16 +342,16 @@ class SentencePieceTokenizer(Tokenizer):
         out.append(self._sp.decode(run))
         return "".join(out)
 
-    def token_bytes(self) -> np.ndarray:
+    def vocab_bytes(self) -> list[bytes]:
         sp = self._sp
-        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        out = [b""] * self.vocab_size
         for i in range(self.vocab_size):
-            if sp.is_byte(i):
-                lengths[i] = 1
+            if sp.is_byte(i):  # byte-fallback pieces are spelled <0xAB>
+                out[i] = bytes([int(sp.id_to_piece(i)[3:5], 16)])
             elif not (sp.is_control(i) or sp.is_unknown(i)):
-                lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode())
-        lengths[self.eot_id] = len(EOT_SEPARATOR.encode())
-        return lengths
+                out[i] = sp.id_to_piece(i).replace("\u2581", " ").encode()
+        out[self.eot_id] = EOT_SEPARATOR.encode()
+        return out
 
     def _save_files(self, out: Path) -> dict:
         atomic_write_bytes(out / self.FILE, self._bytes)
@@ -351,6 +366,15 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _content(self) -> bytes:
         return b"sentencepiece\0" + self._bytes
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The character byte-level BPE spells each byte 0..255 with (GPT-2's bytes_to_unicode, as
+    Hugging Face's ByteLevel uses): printable Latin-1 bytes stand for themselves, the other 68
+    take the code points from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 256 + 256 - len(printable)))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
 def _codepoints(text: str) -> np.ndarray:

@@ -7,7 +7,8 @@ One optimizer step, in order:
   3. agree across processes on the loss and on whether to stop; stop before updating on NaN;
   4. clip the gradient norm, take the AdamW step.
 Every eval_interval steps the model is measured on a fixed slice of the validation shards, in
-bits per byte; every ckpt_interval steps (and at the end, and on SIGINT/SIGTERM) a checkpoint
+bits per byte, and writes a short sample of text to RUN/samples.jsonl (from its own generator,
+so the random streams below are untouched); every ckpt_interval steps (and at the end, and on SIGINT/SIGTERM) a checkpoint
 is written. Everything random (dropout, the order of batches) comes from generators whose
 state is saved, so a resumed run takes exactly the steps the uninterrupted run would have.
 """
@@ -373,6 +374,8 @@ class Trainer:
         per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
         start = time.perf_counter()
         self.evaluate()
+        if self.dist.is_main and self.cfg.train.sample_tokens:  # as every evaluation does
+            self.sample_text()
         per_step += (time.perf_counter() - start) / self.cfg.train.eval_interval
         self.load_state_dict(snapshot)
         seconds -= time.perf_counter() - calibration_start
@@ -452,6 +455,8 @@ class Trainer:
             self.save(best=True)
         if metrics:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
+            if self.cfg.train.sample_tokens:
+                metrics.sample(self.step, result["bpb"], self.sample_text())
             self._print(
                 f"step {self.step}: val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}"
                 + (" (best)" if best else ""),
@@ -481,15 +486,21 @@ class Trainer:
             bar,
         )
 
-    def _finish(self, session: StepTimer) -> None:
-        """The end of a run: a sample of text, the loss curve and a summary."""
+    def sample_text(self) -> str:
+        """train.sample_tokens of text from the model as it is now: a new document (after an end-of-text
+        token), temperature 1.0, seed train.seed. The draws come from the sample's own generator,
+        so the training's random streams, and an exact resume, are untouched."""
         from .generate import Sampler
 
         t = self.cfg.train
+        sampler = Sampler(self.model, self.tokenizer, self.device)
+        return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
+
+    def _finish(self, session: StepTimer) -> None:
+        """The end of a run: a sample of text (the samples timeline's last), the loss curve and a summary."""
+        t = self.cfg.train
         if t.sample_tokens:
-            sampler = Sampler(self.model, self.tokenizer, self.device)
-            text = sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
-            print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{text}\n---")
+            print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{self.sample_text()}\n---")
         plot = plot_run(self.run.folder)
         best = f"{self.run.best_val_bpb:.4f}" if self.run.best_val_bpb is not None else "n/a"
         print(

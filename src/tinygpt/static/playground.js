@@ -136,6 +136,7 @@ async function generate() {
   } finally {
     controller = null;
     setRunning(false);
+    $("inspect-story").hidden = !els.output.textContent;  // the Inspect view takes it from here
   }
 }
 
