@@ -221,7 +221,7 @@ def test_stop_text_holds_back_a_possible_stop_string():
     ],
 )
 def test_bad_requests_name_the_field(client, body, status, param):
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {"json": body}
     response = client.post("/v1/completions", **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -14,6 +14,14 @@ admitted (running or waiting) and the rest get 429. A request holds its place un
 response ends, however it ends: a client that disconnects gives its place back at once, and
 the worker drops its generation before the next token.
 
+Hostile input cannot hurt it: a request body over `--max-body-bytes` gets 413 before it is
+read whole (at once when its Content-Length says so), a POST body must say it is JSON
+(FastAPI's strict rule, which keeps other web pages from posting to a server on localhost), a
+prompt that cannot fit is refused before the tokenizer runs, and parsing and tokenizing run
+off the event loop, so /health answers while they work. OpenAI's fields are taken at the
+values that change nothing; others get 400 naming the field. A client that leaves halfway
+through its body is one line in the log.
+
 FastAPI is imported only when the app is built, so the rest of tinygpt works without the
 `serve` extra. (For the same reason this module does not use `from __future__ import
 annotations`: FastAPI must see the real classes of the handlers' parameters.)
@@ -24,6 +32,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import socket
 import threading
@@ -44,20 +53,30 @@ from .run import SAMPLES, find_checkpoint, run_of
 STATIC = Path(__file__).parent / "static"
 MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 MAX_TOP_K = 20  # alternatives per position an inspection may ask for
+log = logging.getLogger("uvicorn.error")  # the server's own log: one line each, in uvicorn's format
 
 
 # ---------------------------------------------------------------- requests
 
 
 class ApiError(Exception):
-    """A refused request: its HTTP status and OpenAI's error body, naming the field at fault."""
+    """A refused request: its HTTP status and OpenAI's error body, naming the field at fault.
+
+    The message and param may quote what the client sent, lone surrogates included (JSON can
+    spell them); they are written as backslash escapes, so the body is always valid UTF-8.
+    """
 
     def __init__(
         self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None
     ):
         super().__init__(message)
         self.status = status
+        message, param = (_utf8(text) if text is not None else None for text in (message, param))
         self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -67,9 +86,13 @@ class Limits:
     max_tokens: int = 1024
     max_prompt_tokens: int | None = None  # None: the model's context length
     queue: int = 32
+    max_body_bytes: int = 1_000_000  # 1 MB: a request body, JSON and all
 
     def __post_init__(self):
-        flags = {"--max-tokens": self.max_tokens, "--max-prompt-tokens": self.max_prompt_tokens, "--queue": self.queue}
+        flags = {
+            "--max-tokens": self.max_tokens, "--max-prompt-tokens": self.max_prompt_tokens, "--queue": self.queue,
+            "--max-body-bytes": self.max_body_bytes,
+        }
         for flag, value in flags.items():
             if value is not None and value < 1:
                 raise TinyGPTError(f"{flag} must be at least 1, got {value}")
@@ -92,6 +115,21 @@ class Completion:
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
 
+# OpenAI's fields that this server does not implement, with the JSON type and the value that
+# changes nothing: clients send them at those values, which are taken; others get a 400.
+NO_OPS = {
+    "n": ("integer", 1),
+    "best_of": ("integer", 1),
+    "echo": ("boolean", False),
+    "logprobs": ("integer", None),
+    "presence_penalty": ("number", 0),
+    "frequency_penalty": ("number", 0),
+    "logit_bias": ("object", {}),
+    "suffix": ("string", None),
+}
+FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", *NO_OPS}
+STREAM_OPTIONS = {"include_usage"}
+
 
 def _field(body: dict, name: str, json_type: str, default, param: str | None = None):
     """body[name] if it has the JSON type; absent or null gives the default (as OpenAI treats null)."""
@@ -100,31 +138,111 @@ def _field(body: dict, name: str, json_type: str, default, param: str | None = N
         return default
     is_bool = isinstance(value, bool)  # a bool is an int in Python, never in JSON
     if is_bool != (json_type == "boolean") or not isinstance(value, _JSON_TYPES[json_type]):
-        raise ApiError(400, f"{param or name} must be a JSON {json_type}, got {json.dumps(value)[:40]}", param or name)
+        raise ApiError(400, f"{param or name} must be a JSON {json_type}, got {_shown(value)}", param or name)
     if json_type == "number" and not math.isfinite(value):
         raise ApiError(400, f"{param or name} must be a finite number, got {value}", param or name)
     return value
 
 
+def _shown(value) -> str:
+    """What was sent, for an error message: an object or array by its kind (however deep), a scalar as JSON cut short."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "an array"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _known_fields(body: dict, fields: set[str], prefix: str = "") -> None:
+    """Refuse the first field this server does not know: ignoring it could change what the client gets."""
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        name = prefix + unknown[0]
+        raise ApiError(400, f"unknown field {_shown(name)}; this server takes {', '.join(prefix + f for f in sorted(fields))}", name)
+
+
+async def read_body(request) -> bytes:
+    """The raw body of a request that says it is JSON, read whole within the server's limit.
+
+    Raises ApiError 415 unless Content-Type is application/json or application/*+json (as
+    FastAPI's strict_content_type rules for its own JSON bodies), and 413 (from BodyLimit)
+    past the limit. Every POST route reads its body through this.
+    """
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if not (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))):
+        got = f"got {content_type[:60]!r}" if content_type else "it is missing"
+        raise ApiError(415, f"the request body must be JSON with Content-Type: application/json ({got})", "Content-Type")
+    return await request.body()
+
+
 def _json_body(raw: bytes, model_name: str, example: str) -> dict:
-    """The request body as a JSON object, for this server's model."""
+    """The request body as a JSON object (UTF-8, -16 or -32, as json.loads detects), for this server's model.
+
+    Run it off the event loop: parsing takes time in proportion to the body.
+    """
     if not raw.strip():
         raise ApiError(400, f"the request body is empty: send a JSON object such as {example}")
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError, and so is an int of 4,300+ digits
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     model = _field(body, "model", "string", model_name)
     if model != model_name:
         raise ApiError(404, f"model {model!r} is not served here; this server has {model_name!r}", "model", code="model_not_found")
     return body
 
 
-def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limits) -> Completion:
-    """Check every field of a request body against OpenAI's meaning and this server's limits."""
+class Prompts:
+    """Texts to token ids within the server's limit, for every route that takes one.
+
+    max_tokens: the longest text in tokens (--max-prompt-tokens, else the context length).
+    max_chars: max_tokens times the longest token in UTF-8 bytes (each byte spells at most
+    one character; the end-of-text token is never made by encoding text). A longer text
+    cannot fit, so it is refused before the tokenizer runs: tokenizing costs time and memory in
+    proportion to the text (Hugging Face's tokenizers hold ~100 bytes per token), and this bounds both.
+    """
+
+    def __init__(self, sampler: Sampler, limits: Limits):
+        self.sampler = sampler
+        self.max_tokens = limits.max_prompt_tokens or sampler.block_size
+        token_bytes = sampler.tokenizer.token_bytes()
+        token_bytes[sampler.tokenizer.eot_id] = 0
+        self.max_chars = self.max_tokens * int(token_bytes.max())
+
+    def check_length(self, text: str, param: str) -> None:
+        """ApiError 400 naming `param` when the text has more characters than max_tokens tokens can spell."""
+        if len(text) > self.max_chars:
+            raise ApiError(
+                400, f"the {param} is {len(text)} characters; this server takes at most {self.max_tokens} tokens, "
+                f"which spell at most {self.max_chars} characters", param,
+            )
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's ids; ApiError 400 naming "prompt" when it is too long or cannot be encoded. Run it off the event loop."""
+        self.check_length(prompt, "prompt")
+        try:
+            ids = self.sampler.encode(prompt)
+        except TinyGPTError as e:  # invalid Unicode, or characters a char tokenizer never saw
+            raise ApiError(400, str(e), "prompt") from None
+        if len(ids) > self.max_tokens:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server takes at most {self.max_tokens}", "prompt")
+        return ids
+
+
+def parse_completion(raw: bytes, prompts: Prompts, model_name: str, limits: Limits) -> Completion:
+    """Check every field of a request body against OpenAI's meaning and this server's limits.
+
+    Runs off the event loop (it parses JSON and tokenizes); raises ApiError naming the field at fault.
+    """
     body = _json_body(raw, model_name, '{"prompt": "Once upon a time"}')
+    _known_fields(body, FIELDS)
+    for name, (json_type, no_op) in NO_OPS.items():
+        value = _field(body, name, json_type, no_op)
+        if value != no_op:
+            raise ApiError(400, f"{name} {_shown(value)} is not supported here: leave it out or send {json.dumps(no_op)}", name)
+    _field(body, "user", "string", None)
     max_tokens = _field(body, "max_tokens", "integer", 16)
     if not 1 <= max_tokens <= limits.max_tokens:
         raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens} on this server, got {max_tokens}", "max_tokens")
@@ -142,17 +260,11 @@ def parse_completion(raw: bytes, sampler: Sampler, model_name: str, limits: Limi
         raise ApiError(400, f"seed must be in [0, 2**63), got {seed}", "seed")
     stream = _field(body, "stream", "boolean", False)
     options = _field(body, "stream_options", "object", {})
+    _known_fields(options, STREAM_OPTIONS, "stream_options.")
     include_usage = _field(options, "include_usage", "boolean", False, "stream_options.include_usage")
     stop = _stop_strings(body.get("stop"))
 
-    prompt = _field(body, "prompt", "string", "")
-    try:
-        prompt_ids = sampler.encode(prompt)
-    except TinyGPTError as e:  # invalid Unicode, or characters a char tokenizer never saw
-        raise ApiError(400, str(e), "prompt") from None
-    max_prompt = limits.max_prompt_tokens or sampler.block_size
-    if len(prompt_ids) > max_prompt:
-        raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; this server takes at most {max_prompt}", "prompt")
+    prompt_ids = prompts.encode(_field(body, "prompt", "string", ""))
     return Completion(prompt_ids, max_tokens, float(temperature), float(top_p), top_k, seed, stop, stream, include_usage)
 
 
@@ -167,13 +279,18 @@ class Inspection:
     head: int | None
 
 
-def parse_inspection(raw: bytes, inspector: Inspector, model_name: str, limits: Limits) -> Inspection:
+INSPECT_FIELDS = {"model", "text", "top_k", "position", "layer", "head"}
+
+
+def parse_inspection(raw: bytes, inspector: Inspector, prompts: Prompts, model_name: str) -> Inspection:
     """Check a /v1/inspect body: "text" (at most the prompt limit in tokens), optional "top_k", and for
-    the second request "position" with optional "layer" and "head", all in range."""
+    the second request "position" with optional "layer" and "head", all in range. Runs off the event loop."""
     body = _json_body(raw, model_name, '{"text": "Once upon a time"}')
+    _known_fields(body, INSPECT_FIELDS)
     text = _field(body, "text", "string", "")
+    prompts.check_length(text, "text")
     try:
-        ids = inspector.encode(text, limits.max_prompt_tokens or inspector.model.cfg.block_size)
+        ids = inspector.encode(text, prompts.max_tokens)
     except TinyGPTError as e:  # empty, too long, invalid Unicode, characters a char tokenizer never saw
         raise ApiError(400, str(e), "text") from None
     top_k = _field(body, "top_k", "integer", TOP_K)
@@ -425,6 +542,43 @@ async def event_stream(queue: GenerationQueue, job: Job, head: dict) -> AsyncIte
         queue.release(job)
 
 
+class BodyLimit:
+    """ASGI middleware: no request body, on any route, over `limit` bytes; 413 before it is read whole.
+
+    A Content-Length over the limit is answered before a byte of the body is read (and before
+    "100 Continue", so curl sends none); a body without one (chunked) is counted as it arrives
+    and refused once past the limit. FastAPI's own max_body_size would do the same, but it
+    answers an announced body in plain text in place of any response, and here every error
+    is in OpenAI's shape.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = ApiError(413, f"the request body is over {self.limit} bytes, this server's limit (tinygpt serve --max-body-bytes)")
+        announced = Headers(scope=scope).get("content-length", "")
+        if announced.isdigit() and int(announced) > self.limit:
+            return await JSONResponse(too_large.body, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise too_large  # the app's ApiError handler answers
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def model_card(sampler: Sampler, name: str, limits: Limits) -> dict:
     """/v1/models' entry: OpenAI's fields, plus what the playground shows under "tinygpt"."""
     cfg, tokenizer = sampler.model.cfg, sampler.tokenizer
@@ -449,13 +603,16 @@ def model_card(sampler: Sampler, name: str, limits: Limits) -> dict:
 def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoint: Path | None = None):
     """The FastAPI app serving `sampler` under the model id `name`; `checkpoint`, the folder it
     was loaded from, finds the training run whose samples timeline GET /v1/samples shows."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, Response
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     queue = GenerationQueue(sampler, limits.queue)
     card = model_card(sampler, name, limits)
+    prompts = Prompts(sampler, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -464,6 +621,7 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
 
     # No /docs pages: they load their scripts from a CDN, and nothing here may reach the internet.
     app = FastAPI(title="tinygpt", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)
@@ -473,6 +631,14 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):  # unknown paths and methods, in OpenAI's shape too
         return JSONResponse(ApiError(e.status_code, str(e.detail)).body, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, e: ClientDisconnect):  # nobody is left to answer
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        announced = request.headers.get("content-length")
+        log.warning("%s left before sending the whole body of %s %s%s", client, request.method, request.url.path,
+                    f" ({announced} bytes announced)" if announced else "")
+        return Response(status_code=400)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -499,7 +665,7 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        completion = parse_completion(await request.body(), sampler, name, limits)
+        completion = await run_in_threadpool(parse_completion, await read_body(request), prompts, name, limits)
         job = queue.admit(completion)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": name}
         if completion.stream:
@@ -512,7 +678,7 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
 
     @app.post("/v1/inspect")
     async def inspection(request: Request):
-        asked = parse_inspection(await request.body(), queue.inspector, name, limits)
+        asked = await run_in_threadpool(parse_inspection, await read_body(request), queue.inspector, prompts, name)
         last = (await _all_events(queue, queue.admit(asked), request))[-1]
         if isinstance(last, Failed):
             return JSONResponse(_server_error(last), status_code=500)
@@ -562,10 +728,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, metavar="N", help=f"most tokens one request may generate (default: {Limits.max_tokens})")
     p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt accepted, in tokens (default: the model's context length)")
     p.add_argument("--queue", type=int, default=Limits.queue, metavar="N", help=f"requests running or waiting before new ones get 429 (default: {Limits.queue})")
+    p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, metavar="N", help=f"largest request body accepted; larger ones get 413 (default: {Limits.max_body_bytes}, 1 MB)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.queue)
+    limits = Limits(
+        max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, queue=args.queue, max_body_bytes=args.max_body_bytes
+    )
     if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
         raise TinyGPTError("serve needs FastAPI and uvicorn: pip install 'tinygpt[serve]'")
     import uvicorn
