@@ -155,9 +155,10 @@ def clients(url: str, n: int, seeds: list[int], tokens: int) -> list[Reply]:
     return replies
 
 
-def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, threads: int, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`python -m tinygpt serve checkpoint` on a free port, with more flags if given; the process and its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tinygpt", "serve", str(checkpoint), "--port", "0", "--device", "cpu"],
+        [sys.executable, "-m", "tinygpt", "serve", str(checkpoint), "--port", "0", "--device", "cpu", *flags],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},  # torch's default thread count
     )
     for line in process.stdout:
