@@ -9,7 +9,8 @@ seeds, and the bench checks that they generate the same text.
   direct     Sampler.from_path(checkpoint).stream(...), one request after another, on a worker
              thread as the server runs it
   1 client   `python -m tinygpt serve checkpoint`, one streaming client, one request after another
-  N clients  the same server, N concurrent streaming clients (the queue serves them one at a time)
+  N clients  the same server, N concurrent streaming clients for each N of --clients (the
+             engine decodes up to --max-batch of them together)
 
 The tokenizer is a stand-in char tokenizer of the shape's vocabulary size (ASCII, then CJK
 characters): it makes a 32,000-token vocabulary without training one, and costs what any
@@ -21,7 +22,7 @@ jobs disturb far less: CPU milliseconds per token of the server process against 
 direct sampler. torch runs on one thread in both processes (--threads): with a 2-thread pool
 on 2 busy cores, per-token times swung several-fold from one run to the next.
 
-    python bench/serve.py                     # tiny and 15M, 16 clients x 2 requests, 64 tokens each
+    python bench/serve.py                     # tiny and 15M; 1, 4 and 16 clients x 2 requests, 64 tokens each
     python bench/serve.py --shapes tiny --repeat 1
 
 Prints one JSON line per measurement.
@@ -107,8 +108,10 @@ def timed(work: Callable[[], list[Reply]], server: psutil.Process) -> Run:
 
 def direct(sampler: Sampler, seeds: list[int], tokens: int) -> list[Reply]:
     """The requests through Sampler.stream on a worker thread, one after another."""
+    threads = torch.get_num_threads()
 
     def one(seed: int) -> Reply:
+        torch.set_num_threads(threads)  # per thread: a new one starts with torch's default, and sums differ in the last bits
         start, first, parts = time.perf_counter(), None, []
         for piece in sampler.stream(PROMPT, max_new_tokens=tokens, temperature=0.8, seed=seed):
             first = first or time.perf_counter() - start
@@ -171,7 +174,7 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def report(shape: str, mode: str, runs: list[Run], direct_runs: list[Run] | None = None) -> dict:
+def report(shape: str, mode: str, runs: list[Run], direct_runs: list[Run] | None = None, dtype: str = "auto") -> dict:
     """The fastest run's figures, every run's tokens/s, and CPU ms per token (median over runs)."""
     best = min(runs, key=lambda run: run.seconds)
     ttft = sorted(r.ttft for r in best.replies)
@@ -198,39 +201,43 @@ def report(shape: str, mode: str, runs: list[Run], direct_runs: list[Run] | None
             "overhead_wall": round(direct_best / (best.tokens / best.seconds), 3),  # direct tokens/s over the server's
             "overhead_cpu": round(server_cpu / direct_cpu, 3),
         }
-    return out | {"threads": torch.get_num_threads()}
+    return out | {"dtype": dtype, "threads": torch.get_num_threads(), "load_1m": round(os.getloadavg()[0], 2)}
 
 
 def bench_shape(shape: str, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_checkpoint(SHAPES[shape], Path(tmp))
-        sampler = Sampler.from_path(checkpoint, "cpu")
-        process, url = start_server(checkpoint, args.threads)
+        sampler = Sampler.from_path(checkpoint, "cpu", args.dtype)
+        process, url = start_server(checkpoint, args.threads, "--dtype", args.dtype)
         server = psutil.Process(process.pid)
         try:
             sequential = list(range(args.sequential))
-            concurrent = list(range(1000, 1000 + args.clients * args.requests_per_client))
             direct(sampler, [0, 1], args.tokens)  # warm-up: allocator, kernels, connections
             clients(url, 1, [0, 1], args.tokens)
-            alone, one, many = [], [], []
-            for _ in range(args.repeat):  # interleaved: a burst of load from elsewhere falls on all three alike
+            alone, one, many = [], [], {n: [] for n in args.clients if n > 1}
+            for _ in range(args.repeat):  # interleaved: a burst of load from elsewhere falls on all alike
                 alone.append(timed(lambda: direct(sampler, sequential, args.tokens), server))
                 one.append(timed(lambda: clients(url, 1, sequential, args.tokens), server))
-                many.append(timed(lambda: clients(url, args.clients, concurrent, args.tokens), server))
                 assert [r.text for r in one[-1].replies] == [r.text for r in alone[-1].replies], "server and sampler differ"
+                for n, runs in many.items():
+                    concurrent = list(range(1000, 1000 + n * args.requests_per_client))
+                    runs.append(timed(lambda: clients(url, n, concurrent, args.tokens), server))  # noqa: B023 (called at once)
         finally:
             process.terminate()
             process.wait(30)
-    print(json.dumps(report(shape, "direct", alone)), flush=True)
-    print(json.dumps(report(shape, "server, 1 client", one, alone)), flush=True)
-    print(json.dumps(report(shape, f"server, {args.clients} clients", many, alone)), flush=True)
+    print(json.dumps(report(shape, "direct", alone, dtype=args.dtype)), flush=True)
+    print(json.dumps(report(shape, "server, 1 client", one, alone, dtype=args.dtype)), flush=True)
+    for n, runs in many.items():
+        print(json.dumps(report(shape, f"server, {n} clients", runs, alone, dtype=args.dtype)), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="model shapes (default: all)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request (default: 64)")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
+    parser.add_argument("--clients", type=lambda s: [int(n) for n in s.split(",")], default=[4, 16],
+                        help="numbers of concurrent clients, besides the 1-client run (default: 4,16)")
+    parser.add_argument("--dtype", default="auto", help="decoding weights, here and in the server (default: auto)")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests each concurrent client sends (default: 2)")
     parser.add_argument("--sequential", type=int, default=8, help="requests for the direct and 1-client runs (default: 8)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default: 3)")

@@ -91,9 +91,9 @@ def test_transformers_gives_our_logits_and_greedy_text(name, char_tokenizer, tmp
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-4, rtol=0)
 
-    prompt = torch.tensor([char_tokenizer.encode("Once")])
+    prompt = torch.tensor([[char_tokenizer.eot_id, *char_tokenizer.encode("Once")]])  # as `tinygpt sample` encodes it
     new = cfg.block_size - prompt.size(1)  # stay inside the context window
-    ours = [int(t) for t in generate_ids(model, prompt, new, temperature=0)]
+    ours = list(generate_ids(model, prompt[0].tolist(), max_new_tokens=new, temperature=0, stop_at_eot=False))
     if char_tokenizer.eot_id in ours:  # transformers stops after the end-of-text token
         ours = ours[: ours.index(char_tokenizer.eot_id) + 1]
     with torch.no_grad():

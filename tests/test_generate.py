@@ -20,7 +20,8 @@ from tinygpt.checkpoint import MARKER, STATE, save_checkpoint
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import Config, ModelConfig, dump_toml
-from tinygpt.generate import Sampler, TextStream, context_keep, generate_ids, sample_next
+from tinygpt.engine import SamplingParams, context_keep
+from tinygpt.generate import Sampler, TextStream, generate_ids
 from tinygpt.model import GPT
 from tinygpt.run import Run
 from tinygpt.tokenizers import train_tokenizer
@@ -55,7 +56,7 @@ def random_model(family: str, vocab_size: int, **overrides) -> GPT:
 
 
 def greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
-    return [int(t) for t in generate_ids(model, torch.tensor([prompt]), n, temperature=0)]
+    return list(generate_ids(model, prompt, max_new_tokens=n, temperature=0))
 
 
 @torch.no_grad()
@@ -93,18 +94,18 @@ def test_gpt2_generation_past_the_context_rebuilds_from_the_tail():
     long_prompt = list(range(1, 2 * BLOCK))  # longer than the context: only its tail is seen
     for prompt in ([7], long_prompt):
         assert greedy(model, prompt, 3 * BLOCK) == greedy_reference(model, prompt, 3 * BLOCK)
-    assert model.cache_size is None  # the cache is freed when generation ends
 
 
 def record_forward_calls(model: GPT, monkeypatch) -> list[tuple[int, int]]:
-    """(tokens run, start_pos) of every forward pass the model makes from now on."""
-    calls, forward = [], model.forward
+    """(tokens run, position of the first) of every pass the model makes through the KV cache from now on."""
+    calls, hidden_states = [], model.hidden_states
 
-    def recording(idx, *args, start_pos=None, **kwargs):
-        calls.append((idx.size(1), start_pos))
-        return forward(idx, *args, start_pos=start_pos, **kwargs)
+    def recording(idx, cache=None):
+        if cache is not None:
+            calls.append((idx.size(1), int(cache.pos[0, 0])))
+        return hidden_states(idx, cache)
 
-    monkeypatch.setattr(model, "forward", recording)
+    monkeypatch.setattr(model, "hidden_states", recording)
     return calls
 
 
@@ -115,10 +116,10 @@ def test_llama_generation_past_the_context_slides_the_cache(monkeypatch):
         calls.clear()
         ours = greedy(model, prompt, 3 * BLOCK)
         assert len(ours) == 3 * BLOCK and len(set(ours)) > 5
-        assert calls[0] == (min(len(prompt), BLOCK), 0)  # the prompt's one prefill ...
+        prefill = min(len(prompt), BLOCK) - 1  # the prompt's one prefill (its last token decodes) ...
+        assert calls[0] == ((prefill, 0) if prefill else (1, 0))
         assert all(T == 1 for T, _ in calls[1:])  # ... then one token a step, never a re-prefill
         assert max(T + start for T, start in calls) == BLOCK  # the cache never holds more than the context
-    assert model.cache_size is None
     # until the cache first fills, this is plain cached decoding
     assert greedy(model, [7], 3 * BLOCK)[:BLOCK] == greedy_reference(model, [7], BLOCK)
 
@@ -127,61 +128,36 @@ def test_llama_sampling_past_the_context_is_reproducible():
     model = random_model("llama", 300)
 
     def sample(seed: int) -> list[int]:
-        g = torch.Generator().manual_seed(seed)
-        return [int(t) for t in generate_ids(model, torch.tensor([[7]]), 3 * BLOCK, temperature=1.0, generator=g)]
+        return list(generate_ids(model, [7], max_new_tokens=3 * BLOCK, temperature=1.0, seed=seed))
 
     first = sample(1)
     assert sample(1) == first and sample(2) != first
 
 
-def test_closing_early_frees_the_cache_and_restores_train_mode():
-    model = random_model("gpt2", 300).train()
-    steps = generate_ids(model, torch.tensor([[1, 2]]), 100)
-    next(steps)
-    assert not model.training and model.cache_size is not None
+def test_generation_runs_in_eval_mode_and_closing_early_restores_train_mode():
+    model = random_model("gpt2", 300, dropout=0.5).train()
+    steps = generate_ids(model, [1, 2], max_new_tokens=100, temperature=0)
+    first = next(steps)
+    assert not model.training
     steps.close()
-    assert model.training and model.cache_size is None
+    assert model.training
+    assert first == greedy(model.eval(), [1, 2], 1)[0]  # no dropout while generating
 
 
 def test_top_k_1_and_tiny_top_p_equal_greedy():
     model = random_model("llama", 300)
     expected = greedy(model, [3], 50)
     for options in ({"top_k": 1}, {"top_p": 1e-6}):
-        g = torch.Generator().manual_seed(0)
-        ids = generate_ids(model, torch.tensor([[3]]), 50, temperature=1.5, generator=g, **options)
-        assert [int(t) for t in ids] == expected, options
+        ids = generate_ids(model, [3], max_new_tokens=50, temperature=1.5, seed=0, **options)
+        assert list(ids) == expected, options
 
 
-def test_sampling_follows_the_distribution_and_its_filters():
-    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    logits = probs.log().expand(40_000, 4)
-    g = torch.Generator().manual_seed(0)
-
-    def frequencies(**options) -> torch.Tensor:
-        ids = sample_next(logits, temperature=1.0, generator=g, **options)
-        return torch.bincount(ids.view(-1), minlength=4) / len(ids)
-
-    torch.testing.assert_close(frequencies(), probs, atol=0.01, rtol=0)
-    torch.testing.assert_close(frequencies(top_k=2), torch.tensor([4 / 7, 3 / 7, 0, 0]), atol=0.01, rtol=0)
-    # top_p 0.5: token 0 (0.4) does not reach it alone, tokens 0 and 1 (0.7) do
-    torch.testing.assert_close(frequencies(top_p=0.5), torch.tensor([4 / 7, 3 / 7, 0, 0]), atol=0.01, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "options, flag",
-    [
-        ({"max_new_tokens": 0}, "--max-new-tokens"),
-        ({"temperature": -0.1}, "--temperature"),
-        ({"temperature": float("nan")}, "--temperature"),
-        ({"top_k": 0}, "--top-k"),
-        ({"top_p": 0.0}, "--top-p"),
-        ({"top_p": 1.5}, "--top-p"),
-    ],
-)
-def test_impossible_sampling_values_are_refused(options, flag):
+def test_sampling_values_are_checked_once_whatever_the_entry():
     model = random_model("gpt2", 300)
-    with pytest.raises(TinyGPTError, match=flag):
-        next(generate_ids(model, torch.tensor([[1]]), **{"max_new_tokens": 5, **options}))
+    with pytest.raises(TinyGPTError, match="temperature"):
+        next(generate_ids(model, [1], max_new_tokens=5, temperature=float("nan")))
+    with pytest.raises(TinyGPTError, match="not both"):
+        next(generate_ids(model, [1], SamplingParams(), temperature=0))
 
 
 # ---------------------------------------------------------------- text
@@ -263,6 +239,18 @@ def test_cli_prompt_then_reproducible_continuation(run_dir, capsys, stdin):
     assert run(3, "--num-samples", 2).split("---\n") == [out, run(4)]
 
 
+def test_cli_tiny_temperatures_are_greedy(run_dir, capsys, stdin):
+    """Before, --temperature 1e-300 drew an id past the vocabulary: an IndexError traceback."""
+    outs = {sample(capsys, run_dir, "-p", "Once", "-n", 30, "--no-stop", "-t", t)[1] for t in ("0", "1e-300", "5e-5")}
+    assert len(outs) == 1
+
+
+def test_prompts_follow_the_end_of_text_token(bpe):
+    sampler = Sampler(random_model("gpt2", bpe.vocab_size), bpe)
+    assert sampler.encode("Once upon") == [bpe.eot_id, *bpe.encode("Once upon")]
+    assert sampler.encode("") == [bpe.eot_id]  # a new story
+
+
 def test_cli_reads_the_prompt_from_standard_input(run_dir, capsys, stdin):
     stdin("Tom and Sue\n")
     code, out, _ = sample(capsys, str(run_dir), "-n", "5", "--seed", "1", "--no-stop")
@@ -292,7 +280,12 @@ def _broken_checkpoint(run_dir, tmp_path, damage: str):
         (lambda run, tmp: [run, "--temperature", "-1"], "--temperature"),
         (lambda run, tmp: [run, "--top-p", "0"], "--top-p"),
         (lambda run, tmp: [run, "--top-k", "0"], "--top-k"),
-        (lambda run, tmp: [run, "--max-new-tokens", "0"], "--max-new-tokens"),
+        (lambda run, tmp: [run, "--max-new-tokens", "-1"], "--max-new-tokens"),
+        (lambda run, tmp: [run, "--temperature", "inf"], "--temperature"),
+        (lambda run, tmp: [run, "--temperature", "nan"], "--temperature"),
+        (lambda run, tmp: [run, "--seed", "-1"], "--seed"),
+        (lambda run, tmp: [run, "--seed", str(2**63)], "--seed"),
+        (lambda run, tmp: [run, "--seed", str(2**63 - 1), "--num-samples", "2"], "--seed"),
         (lambda run, tmp: [run, "--num-samples", "0"], "--num-samples"),
         (lambda run, tmp: [run, "--threads", "-1"], "--threads"),
         (lambda run, tmp: [run, "--device", "tpu"], "device"),

@@ -134,7 +134,7 @@ def test_llama_cpp_gives_our_logits_and_greedy_text(name, dtype, gguf_runs, gguf
     for prompt in PROMPTS:
         prompt_ids = [tokenizer.eot_id, *tokenizer.encode(prompt)]
         new = B - len(prompt_ids)  # within the trained context
-        ours = [int(t) for t in generate_ids(model, torch.tensor([prompt_ids]), new, temperature=0)]
+        ours = list(generate_ids(model, prompt_ids, max_new_tokens=new, temperature=0, stop_at_eot=False))
         ours = ours[: ours.index(tokenizer.eot_id) + 1] if tokenizer.eot_id in ours else ours
         llm.reset()
         theirs = []

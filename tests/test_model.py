@@ -1,9 +1,8 @@
 """Tests for tinygpt.model: sizes, Hugging Face naming, a from-scratch reference forward,
-causality, the KV cache, RoPE layout, RMSNorm precision, init and a tiny overfit."""
+causality, RoPE layout, RMSNorm precision, init and a tiny overfit."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -240,127 +239,11 @@ def test_dropout_mask_keeps_one_minus_p_and_has_mean_one():
 
 def test_spelled_out_training_attention_matches_sdpa():
     model = make(tiny(dropout=0.1))
-    attn = model._attention_layers()[0]
+    attn = model.transformer.h[0].attn
     q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)  # (B, nh, T, hs) each
     attn.attn_dropout.eval()  # dropout off: the rest of the computation must be SDPA's
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(attn.attend_with_dropout(q, k, v), expected)
-
-
-# ----------------------------------------------------------------------------- KV cache
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_kv_cache_matches_full_forward(name):
-    model = make(dataclasses.replace(FAMILIES[name], dropout=0.1))  # dropout is off in eval, cached or not
-    idx = tokens(2, 16)
-    full = model(idx)[0]
-    model.init_cache(batch_size=2)
-    steps = [model(idx[:, :6], start_pos=0)[0]]  # prefill
-    steps.append(model(idx[:, 6:9], start_pos=6)[0])  # a chunk after the prefill
-    steps += [model(idx[:, t:t + 1], start_pos=t)[0] for t in range(9, 16)]  # one token at a time
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-    # a new prefill overwrites the old entries: a smaller batch, a different prompt
-    other = tokens(1, 5, seed=7)
-    torch.testing.assert_close(model(other, start_pos=0)[0], model(other)[0], atol=1e-5, rtol=1e-5)
-    assert not any("cache" in key for key in model.state_dict())
-
-
-def test_llama_cache_runs_past_block_size():
-    model = make(tiny("llama", n_kv_head=2))
-    longer = tiny("llama", n_kv_head=2, block_size=24)
-    reference = GPT(longer).eval()
-    reference.load_state_dict(model.state_dict())  # no position parameters: the same model
-    idx = tokens(1, 24)
-    model.init_cache(batch_size=1, max_len=24)
-    steps = [model(idx[:, :16], start_pos=0)[0]]
-    steps += [model(idx[:, t:t + 1], start_pos=t)[0] for t in range(16, 24)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), reference(idx)[0], atol=1e-5, rtol=1e-5)
-    with pytest.raises(TinyGPTError, match="max_len=24"):
-        model(idx[:, :1], start_pos=24)
-
-
-@torch.no_grad()
-def next_logits_seeing(model: GPT, token: torch.Tensor, pos: int, kv: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Logits for one token (1, 1) at absolute position pos that attends to itself and, in each
-    layer, to the given keys and values (B, nkv, S, hs): a llama step spelled out with the model's weights."""
-    cfg = model.cfg
-    cos, sin = rope_cache(cfg.head_dim, pos + 1, cfg.rope_theta)
-    x = model.model.embed_tokens(token)  # (1, 1, C)
-    for layer, (k_seen, v_seen) in zip(model.model.layers, kv, strict=True):
-        attn = layer.self_attn
-        q, k, v = attn.split_heads(attn.qkv_proj(layer.input_layernorm(x)))
-        q, k = apply_rope(q, cos[pos], sin[pos]), apply_rope(k, cos[pos], sin[pos])
-        group = cfg.n_head // cfg.kv_heads
-        k = torch.cat((k_seen, k), dim=2).repeat_interleave(group, dim=1)
-        v = torch.cat((v_seen, v), dim=2).repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v)  # (1, nh, 1, hs)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(1, 1, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.lm_head(model.model.norm(x))
-
-
-@pytest.mark.parametrize("name", ["llama", "llama-gqa-wide-heads"])
-@pytest.mark.parametrize("n", [1, 5, 12])
-def test_shifted_cache_scores_as_a_sliding_window(name, n):
-    """After shift_cache(n), the next token sees the kept keys and values as if it sat at its
-    old absolute position with the n oldest positions hidden from it."""
-    model, P = make(FAMILIES[name]), 14
-    prefix, nxt = tokens(1, P), tokens(1, 1, seed=2)
-    model.init_cache(batch_size=1)
-    model(prefix, start_pos=0)
-    unshifted = [(a.cache.k[:, :, :P].clone(), a.cache.v[:, :, :P].clone()) for a in model._attention_layers()]
-    # the reference itself: seeing every position, it is the model's own unshifted step
-    full = model(nxt, start_pos=P)[0]
-    torch.testing.assert_close(next_logits_seeing(model, nxt, P, unshifted), full, atol=1e-5, rtol=1e-5)
-
-    model(prefix, start_pos=0)
-    model.shift_cache(n)
-    shifted = model(nxt, start_pos=P - n)[0]
-    window = [(k[:, :, n:], v[:, :, n:]) for k, v in unshifted]
-    torch.testing.assert_close(shifted, next_logits_seeing(model, nxt, P, window), atol=1e-5, rtol=0)
-    assert not torch.allclose(shifted, full, atol=1e-3)  # the dropped positions did matter
-    for attn, (k, v) in zip(model._attention_layers(), unshifted, strict=True):
-        assert torch.equal(attn.cache.v[:, :, : P - n], v[:, :, n:])  # values move as they are
-
-
-def test_shift_cache_by_zero_changes_nothing_and_past_the_cache_is_refused():
-    model = make(tiny("llama"))
-    model.init_cache(batch_size=1)
-    model(tokens(1, 10), start_pos=0)
-    before = [(a.cache.k.clone(), a.cache.v.clone()) for a in model._attention_layers()]
-    model.shift_cache(0)
-    for attn, (k, v) in zip(model._attention_layers(), before, strict=True):
-        assert torch.equal(attn.cache.k, k) and torch.equal(attn.cache.v, v)
-    with pytest.raises(TinyGPTError, match="holding 10"):
-        model.shift_cache(11)
-    with pytest.raises(TinyGPTError, match="holding 10"):
-        model.shift_cache(-1)
-    model.shift_cache(10)  # everything: the next token starts a fresh cache
-    torch.testing.assert_close(model(tokens(1, 1), start_pos=0)[0], model(tokens(1, 1))[0], atol=1e-5, rtol=1e-5)
-    model.clear_cache()
-    with pytest.raises(TinyGPTError, match="init_cache"):
-        model.shift_cache(1)
-
-
-def test_kv_cache_errors():
-    model = make(tiny())
-    with pytest.raises(TinyGPTError, match="init_cache"):
-        model(tokens(1, 1), start_pos=0)
-    with pytest.raises(TinyGPTError, match="block_size"):
-        model.init_cache(batch_size=1, max_len=17)
-    model.init_cache(batch_size=1)
-    model(tokens(1, 16), start_pos=0)
-    with pytest.raises(TinyGPTError, match="re-prefill"):
-        model(tokens(1, 1), start_pos=16)
-    with pytest.raises(TinyGPTError, match="batch of 2"):
-        model(tokens(2, 1), start_pos=0)
-    with pytest.raises(TinyGPTError, match="re-prefill"):
-        model.shift_cache(4)  # GPT-2's learned positions cannot slide
-    model.clear_cache()
-    assert all(block.attn.cache is None for block in model.transformer.h)
-    with pytest.raises(TinyGPTError, match="init_cache"):
-        model(tokens(1, 1), start_pos=3)
 
 
 # ----------------------------------------------------------------------------- parts

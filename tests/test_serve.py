@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import socket
 import threading
@@ -18,12 +19,16 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
-from tinygpt import generate, serve
+from tinygpt import serve
 from tinygpt.analysis import Inspector
-from tinygpt.config import ModelConfig
-from tinygpt.generate import Sampler
+from tinygpt.checkpoint import save_checkpoint
+from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml
+from tinygpt.engine import Engine
+from tinygpt.evaluate import evaluate_path
+from tinygpt.generate import Sampler, StopText
 from tinygpt.model import GPT
-from tinygpt.serve import Limits, StopText, create_app, default_name
+from tinygpt.run import Run
+from tinygpt.serve import Limits, create_app, default_name
 from tinygpt.tokenizers import train_tokenizer
 
 CORPUS = ["Once upon a time, a little fox found a red ball.", "The cat sat on the warm mat. They played all day!"]
@@ -39,7 +44,7 @@ def sampler() -> Sampler:
     model = GPT(cfg).eval()
     with torch.no_grad():
         model.lm_head.bias[tokenizer.eot_id] = -1e4
-    return Sampler(model, tokenizer)
+    return Sampler(model, tokenizer, dtype="float32")  # exact: logprobs are compared with the model's own
 
 
 @contextlib.contextmanager
@@ -63,15 +68,14 @@ def client(sampler):
 
 @pytest.fixture
 def slow(monkeypatch):
-    """Generation at 100 tokens/s at most, so that a test can act while it runs."""
-    real = generate.generate_ids
+    """Engine steps of 10 ms at least, so that a test can act while generation runs."""
+    real = Engine.step
 
-    def slow_generate_ids(*args, **kwargs):
-        for ids in real(*args, **kwargs):
-            time.sleep(0.01)
-            yield ids
+    def slow_step(self):
+        time.sleep(0.01)
+        return real(self)
 
-    monkeypatch.setattr(generate, "generate_ids", slow_generate_ids)
+    monkeypatch.setattr(Engine, "step", slow_step)
 
 
 def complete(client, **body) -> dict:
@@ -135,11 +139,11 @@ def test_stream_events_match_the_whole_response(client):
     assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
-    assert len(chunks) > 10, "text arrives piece by piece"
+    assert len(chunks) > 2, "text arrives piece by piece (tokens that arrive while the event loop is busy go out together)"
 
     with_usage = client.post("/v1/completions", json={"max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}})
     usage = events(with_usage.text)[-2]
-    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 0, "completion_tokens": 5, "total_tokens": 5}
 
 
 def test_same_seed_same_text_and_parity_with_sampler(client, sampler):
@@ -150,8 +154,9 @@ def test_same_seed_same_text_and_parity_with_sampler(client, sampler):
     assert nucleus == sampler.generate("Once", max_new_tokens=30, temperature=0.7, top_p=0.5, top_k=5, seed=7)
 
 
-def test_temperature_zero_is_greedy(client, sampler):
-    texts = {complete(client, temperature=0, seed=s, max_tokens=30)["choices"][0]["text"] for s in (1, 2)}
+def test_temperature_zero_and_below_1e_4_are_greedy(client, sampler):
+    """Before, a temperature of 1e-300 drew an id past the vocabulary: HTTP 500."""
+    texts = {complete(client, temperature=t, seed=s, max_tokens=30)["choices"][0]["text"] for s in (1, 2) for t in (0, 1e-300, 5e-5)}
     assert texts == {sampler.generate("Once", max_new_tokens=30, temperature=0)}
 
 
@@ -187,6 +192,87 @@ def test_stop_text_holds_back_a_possible_stop_string():
     assert [stops.push(p) for p in ("a</", "s>b", "c")] == ["a", "", ""] and stops.hit
 
 
+# ---------------------------------------------------------------- logprobs and echo
+
+
+@torch.no_grad()
+def raw_logprobs(sampler: Sampler, ids: list[int]) -> torch.Tensor:
+    """The model's log-probabilities (T, V) after each of ids, no temperature or filter."""
+    return sampler.model(torch.tensor([ids]))[0][0].log_softmax(-1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_are_the_raw_distributions(client, sampler, stream):
+    """Sampled at temperature 0.7 with top_k 3, but scored as the model's own distribution."""
+    body = {"prompt": "Once", "max_tokens": 12, "temperature": 0.7, "top_k": 3, "seed": 5, "logprobs": 3}
+    if stream:
+        chunks = events(client.post("/v1/completions", json={**body, "stream": True}).text)[:-1]
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+        logprobs = {key: [x for part in parts for x in part[key]] for key in parts[0]}
+    else:
+        choice = complete(client, **body)["choices"][0]
+        text, logprobs = choice["text"], choice["logprobs"]
+    assert text == sampler.generate("Once", max_new_tokens=12, temperature=0.7, top_k=3, seed=5)
+    tokenizer = sampler.tokenizer
+    assert "".join(logprobs["tokens"]) == text  # a char tokenizer spells each token as its character
+    assert logprobs["text_offset"] == [len(text[:i]) for i in range(len(text))]
+    ids = sampler.encode("Once") + tokenizer.encode(text)
+    expected = raw_logprobs(sampler, ids)[len(ids) - 13 : -1]  # the positions that predicted the 12 tokens
+    for i, (lp, top) in enumerate(zip(logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)):
+        assert math.isclose(lp, expected[i, ids[len(ids) - 12 + i]].item(), abs_tol=1e-5)
+        best = expected[i].topk(3)
+        assert list(top) == [tokenizer.decode([j]) for j in best.indices.tolist()]
+        assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(top.values(), best.values.tolist(), strict=True))
+
+
+def test_echo_returns_the_prompt_and_scores_it(client, sampler):
+    plain = complete(client, prompt="The cat", max_tokens=5, seed=2)["choices"][0]["text"]
+    echoed = complete(client, prompt="The cat", max_tokens=5, seed=2, echo=True)["choices"][0]
+    assert echoed["text"] == "The cat" + plain and echoed["logprobs"] is None
+
+    scored = complete(client, prompt="The cat", max_tokens=0, echo=True, logprobs=0)
+    choice = scored["choices"][0]
+    assert choice["text"] == "The cat" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == list("The cat") and choice["logprobs"]["text_offset"] == list(range(7))
+    assert choice["logprobs"]["top_logprobs"] == [{}] * 7
+    ids = sampler.encode("The cat")
+    expected = raw_logprobs(sampler, ids)
+    first = choice["logprobs"]["token_logprobs"][0]  # given the end-of-text token (OpenAI: null)
+    assert math.isclose(first, expected[0, ids[1]].item(), abs_tol=1e-5)
+    assert scored["usage"] == {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
+
+
+def test_echoed_logprobs_add_up_to_what_eval_measures(sampler, client, tmp_path):
+    """lm-evaluation-harness's request (echo, logprobs, max_tokens 0) against `tinygpt eval` on the same text.
+
+    Both see the text after the end-of-text token; eval also scores the end-of-text token
+    after the text, which a prompt cannot ask for: the test adds it from the model."""
+    text = "The cat sat on the warm mat."
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    sampler.tokenizer.save(tmp_path / "tok")
+    config = dump_toml(Config(model=sampler.model.cfg, tokenizer=TokenizerConfig(kind="char")))
+    state = {"model": sampler.model.state_dict(), "progress": {"step": 1}}
+    folder = save_checkpoint(Run(tmp_path / "run").step_folder(1), state, config, tmp_path / "tok")
+    result = evaluate_path(str(folder), str(tmp_path / "doc.txt"), device="cpu")
+
+    scores = complete(client, prompt=text, max_tokens=0, echo=True, logprobs=0)["choices"][0]["logprobs"]["token_logprobs"]
+    if result["tokens"] == len(scores):
+        pytest.xfail("issue #9: eval does not yet precede a text with the end-of-text token (it skips the first token)")
+    ids = sampler.encode(text)
+    end_of_text = raw_logprobs(sampler, ids)[-1, sampler.tokenizer.eot_id].item()
+    assert result["tokens"] == len(scores) + 1
+    assert math.isclose(sum(scores), -result["loss"] * result["tokens"] - end_of_text, abs_tol=2e-3)  # end_of_text ~ -1e4
+
+
+def test_tokens_inside_a_character_are_spelled_as_bytes():
+    tokenizer = train_tokenizer("bpe", CORPUS * 20, 270)
+    spelled = serve.spellings(tokenizer)
+    ids = tokenizer.encode("a 🐶")  # never seen: four byte tokens
+    assert [spelled[i] for i in ids][-4:] == ["bytes:\\xf0", "bytes:\\x9f", "bytes:\\x90", "bytes:\\xb6"]
+    assert spelled[tokenizer.eot_id] == "<|endoftext|>\n"
+
+
 # ---------------------------------------------------------------- refused requests
 
 
@@ -199,16 +285,23 @@ def test_stop_text_holds_back_a_possible_stop_string():
         ({"prompt": 5}, 400, "prompt"),
         ({"max_tokens": "5"}, 400, "max_tokens"),
         ({"max_tokens": 2.5}, 400, "max_tokens"),
-        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"max_tokens": -1}, 400, "max_tokens"),
         ({"max_tokens": 65}, 400, "max_tokens"),
         ({"temperature": "hot"}, 400, "temperature"),
         ({"temperature": -0.5}, 400, "temperature"),
+        (b'{"temperature": 1e400}', 400, "temperature"),
         (b'{"temperature": NaN}', 400, "temperature"),
         ({"top_p": 0}, 400, "top_p"),
         ({"top_p": 1.5}, 400, "top_p"),
         ({"top_p": True}, 400, "top_p"),
         ({"top_k": 0}, 400, "top_k"),
         ({"seed": -1}, 400, "seed"),
+        ({"seed": 2**63}, 400, "seed"),
+        ({"logprobs": 21}, 400, "logprobs"),
+        ({"logprobs": -1}, 400, "logprobs"),
+        ({"logprobs": True}, 400, "logprobs"),
+        ({"echo": "yes"}, 400, "echo"),
+        ({"echo": True, "logprobs": 1, "prompt": "a" * 32}, 400, "prompt"),  # 32 tokens after the end-of-text: past the context
         ({"stream": "yes"}, 400, "stream"),
         ({"stream": True, "stream_options": {"include_usage": 1}}, 400, "stream_options.include_usage"),
         ({"stop": ""}, 400, "stop"),
@@ -238,9 +331,8 @@ def test_unknown_paths_and_methods_get_json_errors(client):
 def test_a_failing_generation_is_an_error_not_a_stuck_worker(client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
-        yield
 
-    monkeypatch.setattr(generate, "generate_ids", broken)
+    monkeypatch.setattr(Engine, "_decode", broken)
     response = client.post("/v1/completions", json={"prompt": "Once"})
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     streamed = events(client.post("/v1/completions", json={"stream": True}).text)
@@ -253,7 +345,7 @@ def test_a_failing_generation_is_an_error_not_a_stuck_worker(client, monkeypatch
 
 
 def test_queue_limit_and_disconnect_frees_the_place(sampler, slow):
-    with TestClient(create_app(sampler, NAME, Limits(max_tokens=1000, queue=2))) as client:
+    with TestClient(create_app(sampler, NAME, Limits(max_tokens=1000, queue=2, max_batch=1))) as client:
         request = {"prompt": "Once", "max_tokens": 1000, "stream": True}
         with client.stream("POST", "/v1/completions", json=request) as first:
             lines = first.iter_lines()  # kept: a dropped iterator would close the response
@@ -266,6 +358,7 @@ def test_queue_limit_and_disconnect_frees_the_place(sampler, slow):
                 assert refused.json()["error"]["type"] == "rate_limit_error"
                 first.close()  # the first client leaves mid-stream: its generation stops, the second's starts
                 second_runs = {"status": "ok", "model": NAME, "running": 1, "waiting": 0, "limit": 2, "cancelled": 1}
+                # (the engine frees the first row at its next step, then the second request takes it)
                 wait_for(lambda: client.get("/health").json() == second_runs)
                 with client.stream("POST", "/v1/completions", json=request) as third:
                     assert third.status_code == 200  # the first one's place
@@ -374,6 +467,38 @@ def test_samples_timeline(sampler, tmp_path):
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 10')  # cut short
     with TestClient(create_app(sampler, NAME, checkpoint=run / "best")) as client:
         assert client.get("/v1/samples").json() == {"object": "list", "data": rows, "note": ""}
+
+
+def test_twenty_concurrent_clients_are_decoded_together_each_as_alone(live_server, sampler):
+    """Greedy and seeded requests of different lengths at once: the engine runs them in one batch
+    (/health counts them running together), and each text is the one its request gets alone."""
+    host, port = live_server
+    bodies = [
+        {"prompt": ["Once", "The cat sat", ""][i % 3], "max_tokens": 10 + 3 * i, "temperature": 0 if i % 4 == 0 else 0.9,
+         "seed": i, "stream": i % 2 == 0}
+        for i in range(20)
+    ]
+    texts: list = [None] * 20
+    most_running = 0
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=60) as http:
+            response = http.post("/v1/completions", json=bodies[i])
+            texts[i] = ("".join(c["choices"][0]["text"] for c in events(response.text)[:-1]) if bodies[i]["stream"]
+                        else response.json()["choices"][0]["text"])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(base_url=f"http://{host}:{port}") as http:
+        while any(thread.is_alive() for thread in threads):
+            most_running = max(most_running, http.get("/health").json()["running"])
+    for thread in threads:
+        thread.join()
+    assert most_running >= 8
+    for body, text in zip(bodies, texts, strict=True):
+        alone = sampler.generate(body["prompt"], max_new_tokens=body["max_tokens"], temperature=body["temperature"], seed=body["seed"])
+        assert text == alone
 
 
 # ---------------------------------------------------------------- the command

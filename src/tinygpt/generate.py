@@ -1,151 +1,108 @@
 """Sampling text from a trained model, in three layers that can each be used alone.
 
-- `generate_ids` knows only a model and token ids: it runs the prompt once through the
-  model's KV cache, then one new position per step, and yields each sampled id. Past the
-  context window, a llama cache slides and a gpt2 one is rebuilt from the window's tail.
-- `Sampler` adds the tokenizer and the checkpoint: prompt in, text pieces out, decoded
-  so that a piece never ends inside a UTF-8 character.
-- `tinygpt sample` is a thin command line over `Sampler` (a web server can be another).
+- `generate_ids` and `generate_batch` know only a model and token ids: they run the
+  decoding engine (engine.py: the KV cache, continuous batching, per-sequence sampling)
+  over one prompt or many.
+- `Sampler` adds the tokenizer and the checkpoint: prompts in, text out, decoded so that a
+  piece never ends inside a UTF-8 character and cut at stop strings. A text is always
+  preceded by the end-of-text token, as in training: a prompt is encoded as
+  [<|endoftext|>] + its tokens, so an empty prompt starts a new story.
+- `tinygpt sample` is a thin command line over `Sampler` (`tinygpt serve` is another).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from .common import TinyGPTError, autodetect_device
+from .engine import (
+    DEFAULT_TEMPERATURE,
+    DTYPES,
+    Engine,
+    SamplingError,
+    SamplingParams,
+    Sequence,
+    Token,
+    decode_dtype,
+    decoding_model,
+)
 from .model import GPT
 from .run import load_model
 from .tokenizers import Tokenizer
 
-DEFAULT_TEMPERATURE = 0.8  # `tinygpt sample`'s, also written into the Ollama export's Modelfile
-
 # ---------------------------------------------------------------- token ids
 
 
-def context_keep(block_size: int) -> int:
-    """Positions kept when the context is full: the cache slides (llama) or is rebuilt (gpt2) to this many.
-
-    Three quarters: the model still sees most of the story, and the next quarter of the
-    window is generated one cached position at a time before the cache is full again, so the
-    cost of making room is shared by a quarter of the window's tokens.
-    """
-    return block_size - max(1, block_size // 4)
+def params_of(params: SamplingParams | None, fields: dict) -> SamplingParams:
+    """A SamplingParams given whole, or built from its fields given as keywords (not both)."""
+    if params is not None and fields:
+        raise TinyGPTError(f"give a SamplingParams or its fields, not both (got {', '.join(fields)})")
+    return params if params is not None else SamplingParams(**fields)
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse values that have no meaning, naming the command-line flag."""
-    if max_new_tokens < 1:
-        raise TinyGPTError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if not temperature >= 0:  # also catches NaN
-        raise TinyGPTError(f"--temperature must be 0 (greedy) or positive, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise TinyGPTError(f"--top-k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise TinyGPTError(f"--top-p must be in (0, 1], got {top_p}")
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Next ids (B, 1) from last-position logits (B, V): argmax at temperature 0, else a draw.
-
-    top_k keeps the k likeliest tokens; top_p keeps the fewest likeliest tokens whose
-    probabilities add up to top_p (the likeliest always stays). Both apply after temperature.
-    The draw inverts the cumulative distribution with one uniform number per row: exact,
-    and ten times cheaper than torch.multinomial over a 32,000-token vocabulary.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)  # (B, V)
-    order = None
-    if top_p is not None and top_p < 1:
-        probs, order = probs.sort(dim=-1, descending=True)
-        before = probs.cumsum(dim=-1) - probs  # mass of the likelier tokens
-        probs = probs.masked_fill(before >= top_p, 0.0)
-    cdf = probs.cumsum(dim=-1)
-    # u in (0, total]: the first id whose cdf reaches u has non-zero probability and always exists
-    u = (1 - torch.rand((probs.size(0), 1), generator=generator, device=probs.device)) * cdf[:, -1:]
-    ids = torch.searchsorted(cdf, u)  # (B, 1)
-    return ids if order is None else order.gather(-1, ids)
-
-
-def seeded_generator(device: str | torch.device, seed: int | None) -> torch.Generator:
-    """A random stream of one generation's own: the same seed gives the same draws, whatever
-    else uses torch's global generator meanwhile; no seed, a fresh one."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
-@torch.inference_mode()  # as a decorator it is on only while the generator runs, not between its steps
-def generate_ids(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield the next ids (B, 1) for prompt ids idx (B, T) on the model's device, one step at a time.
-
-    The prompt runs once through the KV cache (only its last block_size tokens if longer),
-    then each step runs just the new token. When the context is full, room is made for the
-    next quarter of the window, keeping the last `context_keep(block_size)` positions:
-    - "slide" (llama's rotary positions, `GPT.cache_past_context`): the cache slides
-      (`GPT.shift_cache`), nothing runs again, and the kept keys and values stay as they were
-      computed, with the older context, as in a sliding window.
-    - "reprefill" (gpt2's learned positions, which end at block_size): those last tokens run
-      through the model again from position 0.
-    So the model always sees between three quarters of and its whole context.
-
-    Stop early by closing the iterator (or leaving a `for` loop over it); the cache is
-    freed and the model's train/eval mode restored either way.
-    """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
-    block_size = model.cfg.block_size
-    keep = context_keep(block_size)
-    was_training = model.training
-    model.eval()
-    model.init_cache(idx.size(0))
+def run(engine: Engine, seqs: list[Sequence]) -> Iterator[Sequence]:
+    """Step the engine until every sequence is done, yielding each sequence that got a token or
+    finished in a step. The model is in eval mode meanwhile (no dropout), and back in its own
+    mode after; closing the iterator early stops the sequences."""
+    was_training = engine.model.training
+    engine.model.eval()
+    for seq in seqs:
+        engine.add(seq)
     try:
-        window = idx[:, -block_size:]  # the tokens the cache holds, plus the newest one
-        chunk, start = window, 0  # what the next forward pass runs, and where it sits
-        for _ in range(max_new_tokens):
-            logits, _ = model(chunk, start_pos=start, last_only=True)
-            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            yield nxt
-            window = torch.cat((window, nxt), dim=1)
-            if window.size(1) <= block_size:  # room for the new token
-                chunk, start = nxt, window.size(1) - 1
-            elif model.cache_past_context == "slide":  # full: slide the cache, keeping its last `keep` positions
-                model.shift_cache(block_size - keep)
-                window = window[:, -(keep + 1) :]
-                chunk, start = nxt, keep
-            else:  # full: rebuild from the tail
-                window = window[:, -keep:]
-                chunk, start = window, 0
+        while not all(seq.done for seq in seqs):
+            yield from engine.step()
     finally:
-        model.clear_cache()
-        model.train(was_training)
+        for seq in seqs:
+            seq.stop()
+        while engine.busy:  # free their rows (no token is drawn for a stopping sequence)
+            engine.step()
+        engine.model.train(was_training)
+
+
+def generate_ids(
+    model: GPT, prompt: list[int], params: SamplingParams | None = None, *, eot_id: int | None = None, **fields
+) -> Iterator[int]:
+    """Yield the ids that continue the prompt ids, one step at a time (stop early by closing the iterator).
+
+    params, or its fields as keywords: see SamplingParams (stop_at_eot needs eot_id). The
+    prompt runs once through a KV cache (only its last block_size ids if longer), then each
+    step runs just the new token; past the context the cache slides (llama) or the last
+    ids run again (gpt2), as Engine describes.
+    """
+    seq = Sequence(list(prompt), params_of(params, fields))
+    seen = 0
+    for _ in run(Engine(model, eot_id), [seq]):
+        for token in seq.tokens[seen:]:
+            yield token.id
+        seen = len(seq.tokens)
+
+
+def generate_batch(
+    model: GPT,
+    prompts: list[list[int]],
+    params: SamplingParams | list[SamplingParams],
+    *,
+    eot_id: int | None = None,
+    max_batch: int = 16,
+) -> list[list[int]]:
+    """The continuations of many prompts (ids, any lengths), up to max_batch decoded together.
+
+    params: one for all, or one per prompt (their own seeds, temperatures, lengths). Each
+    sequence draws from its own generator, so its ids are those generate_ids gives it alone
+    (up to the last bits of batched matrix products: see tests/test_engine.py).
+    """
+    all_params = params if isinstance(params, list) else [params] * len(prompts)
+    if len(all_params) != len(prompts):
+        raise TinyGPTError(f"{len(prompts)} prompts but {len(all_params)} SamplingParams")
+    seqs = [Sequence(list(p), sp) for p, sp in zip(prompts, all_params, strict=True)]
+    for _ in run(Engine(model, eot_id, max_batch=max(1, min(max_batch, len(seqs)))), seqs):
+        pass
+    return [[token.id for token in seq.tokens] for seq in seqs]
 
 
 # ---------------------------------------------------------------- text
@@ -180,86 +137,163 @@ class TextStream:
         return text
 
 
-class Sampler:
-    """A model and its tokenizer on one device: prompts in, text out.
+class StopText:
+    """Cuts generated text at the first stop string, holding back any tail that could begin one.
 
-    The KV cache lives in the model, so one Sampler serves one stream at a time.
+    Text leaves in pieces and a stop string may arrive split across them, so the tail that
+    might still grow into one waits here until the next piece decides.
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, device: str = "cpu"):
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.held = ""
+        self.hit = False
+
+    def push(self, piece: str) -> str:
+        """The text that can go out now."""
+        if self.hit or not piece:
+            return ""
+        text = self.held + piece
+        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.hit, self.held = True, ""
+            return text[: min(cuts)]
+        keep = next((k for k in range(len(text), 0, -1) if any(s.startswith(text[-k:]) for s in self.stops)), 0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+class Continuation:
+    """One sequence's text as its tokens arrive: pieces that never end inside a character, cut
+    at the first stop string (which then stops the sequence), the end-of-text token left out
+    when the sequence stops there.
+
+    seen: tokens of the sequence read so far; taken: those that count, up to the one that
+    completed a stop string; decoded: characters decoded so far, before any cut.
+    """
+
+    def __init__(self, seq: Sequence, tokenizer: Tokenizer, stops: tuple[str, ...] = ()):
+        self.seq = seq
+        self.eot_id = tokenizer.eot_id
+        self.text = TextStream(tokenizer)
+        self.stops = StopText(stops)
+        self.seen = self.taken = self.decoded = 0
+
+    def push(self, token: Token) -> str:
+        """The text that can go out once this token (the sequence's next) has arrived."""
+        self.seen += 1
+        if self.stops.hit:
+            return ""
+        self.taken += 1
+        if token.id == self.eot_id and self.seq.params.stop_at_eot:
+            return ""
+        text = self.text.push(token.id)
+        self.decoded += len(text)
+        piece = self.stops.push(text)
+        if self.stops.hit:
+            self.seq.stop("stop")
+        return piece
+
+    def finish(self) -> str:
+        """The text held back, once the sequence is done."""
+        if self.stops.hit:
+            return ""
+        tail = self.text.flush()
+        self.decoded += len(tail)
+        piece = self.stops.push(tail)
+        return piece if self.stops.hit else piece + self.stops.flush()
+
+    def pieces(self) -> Iterator[str]:
+        """Text of the tokens that arrived since the last call, then the held tail once the sequence is done."""
+        done = self.seq.done  # before the tokens: an engine on another thread appends the last one, then says done
+        for token in self.seq.tokens[self.seen :]:
+            piece = self.push(token)
+            if piece:
+                yield piece
+        if done:
+            tail = self.finish()
+            if tail:
+                yield tail
+
+    @property
+    def finish_reason(self) -> str | None:
+        """OpenAI's finish_reason once done: "stop" (end of text or a stop string), "length", or the engine's."""
+        return "stop" if self.stops.hit else self.seq.finish_reason
+
+
+class Sampler:
+    """A model and its tokenizer on one device: prompts in, text out."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, device: str = "cpu", dtype: str = "auto"):
         if model.cfg.vocab_size != tokenizer.vocab_size:
             raise TinyGPTError(
                 f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tokenizer.vocab_size}"
             )
-        self.model = model.to(device)
+        self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
+        self.dtype = decode_dtype(self.model, dtype)  # float16 weights on x86 CPUs; float32 is exact
+        self.decoder = decoding_model(self.model, self.dtype)  # packed once, shared by every engine
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto") -> Sampler:
+    def from_path(cls, path: str | Path, device: str = "auto", dtype: str = "auto") -> Sampler:
         """Load a run folder (its best/ checkpoint, else its newest complete one) or one checkpoint folder."""
         device = autodetect_device(device)  # a misspelt device fails before the weights are read
-        return cls(*load_model(path), device)
+        return cls(*load_model(path), device, dtype)
 
     @property
     def block_size(self) -> int:
         return self.model.cfg.block_size
 
     def encode(self, prompt: str) -> list[int]:
-        """Prompt ids; an empty prompt starts a new document, as after <|endoftext|>."""
-        return self.tokenizer.encode_prompt(prompt) if prompt else [self.tokenizer.eot_id]
+        """Prompt ids: the end-of-text token, then the prompt's own (a text always follows one, as in training)."""
+        return [self.tokenizer.eot_id, *self.tokenizer.encode_prompt(prompt)]
 
-    def stream(
-        self,
-        prompt: str = "",
-        max_new_tokens: int = 500,
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop_at_eot: bool = True,
-    ) -> Iterator[str]:
+    def engine(self, max_batch: int = 1) -> Engine:
+        """A decoding engine over this model that stops sequences at the end-of-text token."""
+        return Engine(self.decoder, self.tokenizer.eot_id, max_batch=max_batch)
+
+    def stream(self, prompt: str = "", params: SamplingParams | None = None, **fields) -> Iterator[str]:
         """Yield the continuation of `prompt` (not the prompt itself) piece by piece as it is sampled.
 
-        The same seed on the same device gives the same text; no seed draws a fresh one.
-        stop_at_eot: end at <|endoftext|> (not yielded); otherwise it appears as its separator line.
+        params, or its fields as keywords (SamplingParams: max_new_tokens, temperature, top_k,
+        top_p, seed, stop_at_eot). The same seed on the same device gives the same text; no seed
+        draws a fresh one. With stop_at_eot (the default) the text ends before <|endoftext|>;
+        otherwise that token appears as its separator line.
         """
-        steps = self.steps(self.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed, stop_at_eot)
-        for _, piece in steps:
-            if piece:
-                yield piece
+        seq = Sequence(self.encode(prompt), params_of(params, fields))
+        text = Continuation(seq, self.tokenizer)
+        for _ in run(self.engine(), [seq]):
+            yield from text.pieces()
 
-    def steps(
+    def generate(self, prompt: str = "", params: SamplingParams | None = None, **fields) -> str:
+        """The whole continuation as one string; takes the arguments of `stream`."""
+        return "".join(self.stream(prompt, params, **fields))
+
+    def generate_batch(
         self,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        stop_at_eot: bool,
-    ) -> Iterator[tuple[int | None, str]]:
-        """Each sampled token with the text it completes ("" while a character is still partial),
-        then (None, text held back) at the end: for callers that count tokens or stop early.
-
-        With stop_at_eot, <|endoftext|> is the last token yielded, with no text.
-        """
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        text = TextStream(self.tokenizer)
-        generator = seeded_generator(self.device, seed)
-        ids = generate_ids(self.model, idx, max_new_tokens, temperature, top_k, top_p, generator)
-        with contextlib.closing(ids):
-            for nxt in ids:
-                token = int(nxt)
-                if stop_at_eot and token == self.tokenizer.eot_id:
-                    yield token, ""
-                    break
-                yield token, text.push(token)
-        yield None, text.flush()
-
-    def generate(self, prompt: str = "", **kwargs) -> str:
-        """The whole continuation as one string; takes the keyword arguments of `stream`."""
-        return "".join(self.stream(prompt, **kwargs))
+        prompts: list[str],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        stop: list[tuple[str, ...]] | None = None,
+        max_batch: int = 16,
+    ) -> list[str]:
+        """The continuations of many prompts, up to max_batch decoded together: what an evaluation
+        harness calls. params and stop (tuples of stop strings): one for all or one per prompt.
+        Each continuation is what `generate` gives its prompt alone (see generate_batch)."""
+        all_params = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        stops = stop if stop is not None else [()] * len(prompts)
+        if not len(all_params) == len(stops) == len(prompts):
+            raise TinyGPTError(f"{len(prompts)} prompts, {len(all_params)} SamplingParams and {len(stops)} stop tuples")
+        seqs = [Sequence(self.encode(p), sp) for p, sp in zip(prompts, all_params, strict=True)]
+        texts = {seq: Continuation(seq, self.tokenizer, tuple(s)) for seq, s in zip(seqs, stops, strict=True)}
+        out: dict[Sequence, list[str]] = {seq: [] for seq in seqs}
+        for seq in run(self.engine(max(1, min(max_batch, len(seqs)))), seqs):
+            out[seq] += texts[seq].pieces()
+        return ["".join(out[seq]) for seq in seqs]
 
 
 # ---------------------------------------------------------------- `tinygpt sample`
@@ -268,9 +302,11 @@ class Sampler:
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Continue a prompt with a trained model, streaming the text as it is generated.\n\n"
-        "The prompt is run once through the model's key/value cache, then each new token costs\n"
-        "one position. When the text outgrows the context window (block_size), the oldest\n"
-        "quarter of the window is dropped, so the model always sees at least 3/4 of its context:\n"
+        "A text always follows the end-of-text token, as in training: the model sees <|endoftext|>\n"
+        "and then the prompt (none: a new story). The prompt runs once through the key/value\n"
+        "cache, then each new token costs one position. When the text outgrows the context window\n"
+        "(block_size), the oldest quarter of the window is dropped, so the model always sees at\n"
+        "least 3/4 of its context:\n"
         "- llama (rotary positions): the cache slides; the kept keys are turned back, nothing runs again.\n"
         "- gpt2 (learned positions, which end at block_size): the last 3/4 of the window is re-prefilled."
     )
@@ -286,13 +322,16 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="text to continue (default: standard input when it is not a terminal, else start a new story)",
     )
     p.add_argument("--max-new-tokens", "-n", type=int, default=500, metavar="N", help="per sample (default: 500)")
-    p.add_argument("--temperature", "-t", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
-                   help=f"0: greedy (default: {DEFAULT_TEMPERATURE:g})")
+    p.add_argument(
+        "--temperature", "-t", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+        help=f"0, or below 1e-4: greedy (default: {DEFAULT_TEMPERATURE:g})",
+    )
     p.add_argument("--top-k", type=int, metavar="K", help="sample only among the k likeliest tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="sample among the likeliest tokens adding up to P")
-    p.add_argument("--seed", type=int, metavar="N", help="same seed, same text (sample i uses N+i); default: random")
+    p.add_argument("--seed", type=int, metavar="N", help="in [0, 2**63): same seed, same text (sample i uses N+i); default: random")
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples, between '---' lines (default: 1)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    add_dtype_argument(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -307,14 +346,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:
         raise TinyGPTError(f"--num-samples must be at least 1, got {args.num_samples}")
+    params = [sampling_params(args, i) for i in range(args.num_samples)]
     if args.threads < 0:
         raise TinyGPTError(f"--threads must not be negative, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    sampler = Sampler.from_path(args.path, args.device)  # before waiting on standard input for a prompt
+    sampler = Sampler.from_path(args.path, args.device, args.dtype)  # before waiting on standard input for a prompt
     prompt = _read_prompt(args.prompt)
     n_prompt = len(sampler.encode(prompt))
     if n_prompt > sampler.block_size:
@@ -324,18 +363,36 @@ def run_sample(args: argparse.Namespace) -> int:
         if i:
             _write("---\n")
         _write(prompt)
-        for piece in sampler.stream(
-            prompt,
+        for piece in sampler.stream(prompt, params[i]):
+            _write(piece)
+        _write("\n")
+    return 0
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights for decoding: float32 is exact; float16 (FBGEMM, x86 CPUs) reads half the bytes, 1.4 to 1.6x "
+        "faster for a 15M model on a CPU, within 1e-7 bits per byte (BENCHMARKS.md); auto: float16 for models of "
+        "4M parameters or more where FBGEMM is available, else float32",
+    )
+
+
+def sampling_params(args: argparse.Namespace, i: int) -> SamplingParams:
+    """The i-th sample's SamplingParams from the flags (seed + i), its refusals naming the flag."""
+    try:
+        return SamplingParams(
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
             seed=None if args.seed is None else args.seed + i,
             stop_at_eot=args.stop_at_eot,
-        ):
-            _write(piece)
-        _write("\n")
-    return 0
+        )
+    except SamplingError as e:
+        raise TinyGPTError(f"--{e.field.replace('_', '-')} {e.problem}") from None
 
 
 def _read_prompt(prompt: str | None) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .common import TinyGPTError, atomic_file, atomic_folder
 from .config import ModelConfig
-from .generate import DEFAULT_TEMPERATURE
+from .engine import DEFAULT_TEMPERATURE
 from .tokenizers import EOT_TEXT, BPETokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 DTYPES = ("f32", "f16", "q8_0")

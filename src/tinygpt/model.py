@@ -17,15 +17,18 @@ Parameter names are Hugging Face's (GPT2LMHeadModel, LlamaForCausalLM), so expor
 rename plus two layout changes: GPT-2's Conv1D stores weights transposed, and Llama's fused
 qkv_proj is split into q_proj, k_proj, v_proj.
 
-The model owns an optional KV cache for generation: init_cache(), then forward(idx, start_pos=p)
-with the prompt at p=0 and one token at a time after it. When the cache is full, rotary
-positions let shift_cache(n) drop the oldest n positions; learned ones cannot, and the last
-tokens run again instead (GPT.cache_past_context says which).
+The model keeps no decoding state. Generation passes a view of the decoding engine's KV cache
+(engine.CacheBatch) to forward(idx, cache=...): each row of the batch sits at its own position
+(the view's `pos`, (B, T)), writes its new keys and values into its own cache row and attends
+to that row's past. When a row's cache is full, rotary positions let the engine slide it
+(RotaryPositions.turn_back); learned ones cannot, and the row's last tokens run again instead
+(GPT.cache_past_context says which).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +36,9 @@ from torch.nn import functional as F
 
 from .common import TinyGPTError
 from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from .engine import CacheBatch
 
 
 def dropout_mask(shape: torch.Size, p: float, device, dtype) -> torch.Tensor:
@@ -79,6 +85,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # the same numbers from one fused op: a third of a decoding step's norm cost
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -104,7 +112,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each channel pair of x (B, nh, T, hs) by its position's angle; cos, sin are (T, hs).
+    """Rotate each channel pair of x (B, nh, T, hs) by its position's angle; cos, sin are (T, hs) or (B, 1, T, hs).
 
     After rotation q.k depends only on the distance between the two positions.
     """
@@ -124,45 +132,14 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
 
 
-class KVCache(nn.Module):
-    """Keys and values of the positions seen so far, for one layer.
-
-    With it, each new token attends to stored keys instead of recomputing the whole prefix.
-    Buffers are non-persistent: the cache never enters a state_dict, but follows model.to().
-    """
-
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype):
-        super().__init__()
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.length = 0  # positions [0, length) hold the last forward pass's keys and values
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nkv, T, hs) at positions [start_pos, start_pos + T); return all keys and values so far."""
-        B, _, T, _ = k.size()
-        end = start_pos + T
-        self.k[:B, :, start_pos:end] = k
-        self.v[:B, :, start_pos:end] = v
-        self.length = end
-        # the cache may be kept in a wider dtype than the activations (autocast): hand back theirs
-        return self.k[:B, :, :end].to(k.dtype), self.v[:B, :, :end].to(v.dtype)
-
-    def shift(self, n: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        """Drop positions [0, n) and move [n, length) down to [0, length - n), the keys rotated by cos, sin (hs,)."""
-        kept = self.length - n
-        self.k[:, :, :kept] = apply_rope(self.k[:, :, n : self.length], cos, sin)
-        self.v[:, :, :kept] = self.v[:, :, n : self.length].clone()  # clone: the two ranges overlap
-        self.length = kept
-
-
 class CausalSelfAttention(nn.Module):
-    """Causal multi-head attention on scaled_dot_product_attention, with an optional KV cache.
+    """Causal multi-head attention on scaled_dot_product_attention, optionally through a KV cache.
 
     Queries, keys and values come from one fused linear, in that order along its output.
     Key/value heads may be fewer than query heads (grouped-query attention): each one then
     serves n_head // n_kv_head consecutive query heads. The two families subclass this
     only to give the projections their Hugging Face names (and, for Llama, to rotate q, k).
+    `layer` is the block's index: its slice of a KV cache.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -173,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.attn_dropout = Dropout(cfg.dropout)  # on the attention weights: attend_with_dropout
         self.resid_dropout = Dropout(cfg.dropout)
-        self.cache: KVCache | None = None
+        self.layer = 0  # set by GPT: which layer of a KV cache is this one's
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs), k and v (B, nkv, T, hs)."""
@@ -185,29 +162,28 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int | None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: CacheBatch | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs)) v over the causal past; returns (B, T, nh * hs).
 
-        start_pos None: no cache, q and k cover the same T positions. Otherwise this chunk
-        sits at [start_pos, start_pos + T) and is written into the cache first.
+        cache None: q and k cover the same T positions. Otherwise each row's chunk sits at its
+        positions cache.pos and is written into its cache row first; its queries then see that
+        row's keys up to their own position (cache.mask, None when every key is visible).
         """
         B, _, T, _ = q.size()
-        if start_pos is not None:
-            k, v = self.cache.update(k, v, start_pos)  # (B, nkv, start_pos + T, hs)
-        if self.n_kv_head != self.n_head:
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        dropout_p = self.dropout if self.training else 0.0
-        if dropout_p > 0 and q.device.type == "cpu" and start_pos is None:
-            y = self.attend_with_dropout(q, k, v)
-        elif not start_pos:  # queries and keys start at the same position: the plain lower triangle
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:  # one new token sees every key so far: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:  # query i is at start_pos + i and sees keys [0, start_pos + i]
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        return y.transpose(1, 2).contiguous().view(B, T, self.out_dim)  # (B, nh, T, hs) -> (B, T, nh * hs)
+        gqa = self.n_kv_head != self.n_head
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hs): each row's past and this chunk
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, is_causal=cache.causal, enable_gqa=gqa)
+        else:
+            if gqa:
+                k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, T, hs)
+                v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            dropout_p = self.dropout if self.training else 0.0
+            if dropout_p > 0 and q.device.type == "cpu":
+                y = self.attend_with_dropout(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return y.transpose(1, 2).reshape(B, T, self.out_dim)  # (B, nh, T, hs) -> (B, T, nh * hs)
 
     def attend_with_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Training attention on CPU, spelled out so the weights take Dropout's cheaper masks.
@@ -226,9 +202,9 @@ class GPT2Attention(CausalSelfAttention):
         self.c_attn = nn.Linear(cfg.n_embd, self.qkv_dim, bias=cfg.bias_qkv)
         self.c_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=cfg.bias_proj)
 
-    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
         q, k, v = self.split_heads(self.c_attn(x))
-        return self.resid_dropout(self.c_proj(self.attend(q, k, v, start_pos)))
+        return self.resid_dropout(self.c_proj(self.attend(q, k, v, cache)))
 
 
 class LlamaAttention(CausalSelfAttention):
@@ -239,10 +215,13 @@ class LlamaAttention(CausalSelfAttention):
         self.qkv_proj = nn.Linear(cfg.n_embd, self.qkv_dim, bias=False)
         self.o_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], start_pos: int | None = None):
-        q, k, v = self.split_heads(self.qkv_proj(x))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.resid_dropout(self.o_proj(self.attend(q, k, v, start_pos)))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: CacheBatch | None = None):
+        B, T, _ = x.size()
+        heads = self.qkv_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh + 2*nkv, T, hs)
+        turned = self.n_head + self.n_kv_head
+        q, k = apply_rope(heads[:, :turned], *rope).split([self.n_head, self.n_kv_head], dim=1)  # q and k in one turn
+        v = heads[:, turned:]
+        return self.resid_dropout(self.o_proj(self.attend(q, k, v, cache)))
 
 
 class MLP(nn.Module):
@@ -283,8 +262,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), start_pos)
+    def forward(self, x: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -299,8 +278,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, rope, start_pos: int | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, start_pos)
+    def forward(self, x: torch.Tensor, rope, cache: CacheBatch | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
@@ -318,22 +297,14 @@ class LearnedPositions(nn.Embedding):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg.block_size, cfg.n_embd)
 
-    # forward(pos): position ids (T,) -> their vectors (T, C), nn.Embedding's own
+    # forward(pos): position ids (T,) or (B, T) -> their vectors (T, C) or (B, T, C), nn.Embedding's own
 
     def reserve(self, max_len: int) -> None:
         """Refuse a KV cache for positions past the table."""
         if max_len > self.num_embeddings:
             raise TinyGPTError(f"a GPT-2 KV cache cannot outgrow block_size={self.num_embeddings} (asked for {max_len})")
 
-    def check_end(self, end: int) -> None:
-        """Refuse positions [.., end) when the last is past the table."""
-        if end > self.num_embeddings:
-            raise TinyGPTError(
-                f"position {end - 1} is past block_size={self.num_embeddings}, where GPT-2's learned positions end: "
-                "re-prefill the last window"
-            )
-
-    def slide(self, caches: list[KVCache], n: int) -> None:
+    def turn_back(self, k: torch.Tensor, n: int) -> torch.Tensor:
         raise TinyGPTError("a GPT-2 KV cache cannot slide (learned positions): re-prefill the last window")
 
 
@@ -355,8 +326,10 @@ class RotaryPositions(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position ids (T,) -> cos, sin (T, hs): the rotation at each position, for apply_rope."""
-        return self.cos[pos], self.sin[pos]
+        """Position ids (T,) -> cos, sin (T, hs), or per row (B, T) -> (B, 1, T, hs): the rotation at each position, for apply_rope."""
+        if pos.dim() == 1:
+            return self.cos[pos], self.sin[pos]
+        return self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
 
     def reserve(self, max_len: int) -> None:
         """Extend the tables to cover positions [0, max_len)."""
@@ -364,14 +337,13 @@ class RotaryPositions(nn.Module):
             cos, sin = rope_cache(self.head_dim, max_len, self.theta)
             self.cos, self.sin = cos.to(self.cos), sin.to(self.sin)
 
-    def check_end(self, end: int) -> None:
-        """Any position is fine: the KV cache's length is the only limit."""
+    def turn_back(self, k: torch.Tensor, n: int) -> torch.Tensor:
+        """Keys (..., S, hs) as if each sat n positions earlier: turned by the angle -n*theta_i.
 
-    def slide(self, caches: list[KVCache], n: int) -> None:
-        """Drop each cache's oldest n positions, turning the kept keys back by n positions (angle -n*theta_i)."""
-        cos, sin = self.cos[n], -self.sin[n]  # cos(-a) = cos(a), sin(-a) = -sin(a)
-        for cache in caches:
-            cache.shift(n, cos, sin)
+        This is what lets a full KV cache slide: a query's score with a key depends only on
+        their distance, so keys moved n slots down and turned back n positions score as before.
+        """
+        return apply_rope(k, self.cos[n], -self.sin[n])  # cos(-a) = cos(a), sin(-a) = -sin(a)
 
 
 class Family(nn.Module):
@@ -384,7 +356,7 @@ class Family(nn.Module):
     - the attribute names of its token embedding, position encoding, blocks and final norm
       (tokens, positions, blocks, final_norm: what tinygpt.analysis looks inside through)
     - head_bias: whether the output layer has a bias
-    - forward(idx (B, T), pos (T,) position ids, start_pos) -> hidden states (B, T, C)
+    - forward(idx (B, T), pos position ids (T,) or per row (B, T), cache) -> hidden states (B, T, C)
     """
 
     prefix: str
@@ -430,10 +402,10 @@ class GPT2Model(Family):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.head_bias = cfg.bias_head
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
-            x = block(x, start_pos)
+            x = block(x, cache)
         return self.ln_f(x)
 
 
@@ -452,11 +424,11 @@ class LlamaModel(Family):
         self.layers = nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        rope = self.rotary_emb(pos)  # cos, sin (T, hs)
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
+        rope = self.rotary_emb(pos)  # cos, sin (T, hs) or (B, 1, T, hs)
         x = self.drop(self.embed_tokens(idx))  # (B, T, C)
         for layer in self.layers:
-            x = layer(x, rope, start_pos)
+            x = layer(x, rope, cache)
         return self.norm(x)
 
 
@@ -472,14 +444,14 @@ class GPT(nn.Module):
         if cfg.vocab_size <= 0:
             raise TinyGPTError("config: model.vocab_size must be positive (set it from the tokenizer)")
         self.cfg = cfg
-        self.cache_size: tuple[int, int] | None = None  # (batch_size, max_len) while a KV cache exists
-        self.head_t: torch.Tensor | None = None  # lm_head.weight as a contiguous (C, V) copy while decoding
 
         trunk = FAMILIES[cfg.family](cfg)
         self.add_module(trunk.prefix, trunk)  # self.transformer or self.model, as in Hugging Face's classes
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=trunk.head_bias)
         if cfg.tie_weights:
             self.lm_head.weight = trunk.tokens.weight  # one matrix reads tokens in and scores them out
+        for i, attn in enumerate(m for m in self.modules() if isinstance(m, CausalSelfAttention)):
+            attn.layer = i
 
         self.apply(self._init_weights)
         # Projections that write into the residual stream are scaled down so that its
@@ -496,7 +468,7 @@ class GPT(nn.Module):
     @property
     def cache_past_context(self) -> str:
         """How decoding goes on once the KV cache is full, the family's position encoding decides:
-        "slide" (shift_cache, nothing runs again) or "reprefill" (run the last tokens again from 0)."""
+        "slide" (positions.turn_back: nothing runs again) or "reprefill" (run the last tokens again from 0)."""
         return self.trunk.positions.cache_past_context
 
     @staticmethod
@@ -512,96 +484,38 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        start_pos: int | None = None,
+        cache: CacheBatch | None = None,
         last_only: bool = False,
     ):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         targets (B, T): mean cross-entropy over positions whose target is not -1.
-        start_pos: the absolute position of idx[:, 0] when decoding with the KV cache.
-        last_only: logits (B, 1, V) for the last position only, all that sampling needs; the
-        output layer is the largest matmul of a decoding step, so a prefill skips it elsewhere.
+        cache: a view of a decoding engine's KV cache (see hidden_states).
+        last_only: logits (B, 1, V) for the last position only, all that predicting the next
+        token needs; the output layer is the largest product of a short pass.
         """
-        B, T = idx.size()
-        self._check_positions(B, T, start_pos)
-        start = start_pos or 0
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,) position ids
-        x = self.trunk(idx, pos, start_pos)  # (B, T, C)
-        if last_only:
-            x = x[:, -1:]  # (B, 1, C)
-        if start_pos is not None:  # decoding: the same product against the weight stored (C, V)
-            logits = torch.matmul(x, self.head_t)
-            logits = logits if self.lm_head.bias is None else logits + self.lm_head.bias
-        else:
-            logits = self.lm_head(x)  # (B, T, V)
-
+        x = self.hidden_states(idx, cache)  # (B, T, C)
+        logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, V)
         loss = None
         if targets is not None:  # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def _check_positions(self, B: int, T: int, start_pos: int | None) -> None:
-        block_size = self.cfg.block_size
-        if start_pos is None:
-            if T > block_size:
-                raise TinyGPTError(f"sequence of {T} tokens is longer than the model's block_size={block_size}")
-            return
-        if self.cache_size is None:
-            raise TinyGPTError("forward(start_pos=...) needs a KV cache: call init_cache() first")
-        batch_size, max_len = self.cache_size
-        end = start_pos + T
-        if B > batch_size:
-            raise TinyGPTError(f"batch of {B} does not fit the KV cache made for {batch_size}")
-        if start_pos < 0:
-            raise TinyGPTError(f"start_pos must not be negative, got {start_pos}")
-        self.trunk.positions.check_end(end)
-        if end > max_len:
-            raise TinyGPTError(f"position {end - 1} does not fit the KV cache of max_len={max_len}")
+    def hidden_states(self, idx: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final norm's output (B, T, C), what lm_head scores.
 
-    def init_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> None:
-        """Allocate every layer's key/value buffers for positions [0, max_len) (default block_size).
-
-        device and dtype default to the parameters'. Rotary positions may run past block_size
-        (their tables are extended); learned ones may not.
+        Without a cache the tokens sit at positions [0, T), T <= block_size. With one, row b's
+        tokens sit at positions cache.pos[b] (B, T) and attend to that row's cached past too;
+        the engine that owns the cache keeps the positions inside what the family allows.
         """
-        cfg = self.cfg
-        max_len = max_len or cfg.block_size
-        self.trunk.positions.reserve(max_len)
-        param = next(self.parameters())
-        device, dtype = device or param.device, dtype or param.dtype
-        for attn in self._attention_layers():
-            attn.cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.head_dim, device, dtype)
-        self.cache_size = (batch_size, max_len)
-        # One row against a (V, C) matrix reads it across its rows; a (C, V) copy is read in
-        # order, about 3x faster on CPUs for the (288 x 32000) head of a 15M model.
-        self.head_t = self.lm_head.weight.detach().t().contiguous().to(dtype)
-
-    def shift_cache(self, n: int) -> None:
-        """Drop the oldest n cached positions (cache_past_context "slide"); decoding goes on at start_pos = length - n.
-
-        This slides the window without running anything again. A rotary key carries its
-        position as a rotation, so each kept key is turned back by n positions (angle -n*theta_i)
-        and the kept positions become [0, length - n). A query's scores depend only on its
-        distance to each key, so a query at the new position scores the kept keys as it would
-        have at the old one. GPT-2 added its learned positions to the input of the first layer,
-        which no rotation undoes: re-prefill it instead (its positions raise TinyGPTError here).
-        """
-        if self.cache_size is None:
-            raise TinyGPTError("shift_cache() needs a KV cache: call init_cache() first")
-        caches = [attn.cache for attn in self._attention_layers()]
-        if not 0 <= n <= caches[0].length:
-            raise TinyGPTError(f"cannot drop {n} positions from a KV cache holding {caches[0].length}")
-        self.trunk.positions.slide(caches, n)
-
-    def clear_cache(self) -> None:
-        """Free the KV cache; forward() without start_pos never uses it anyway."""
-        for attn in self._attention_layers():
-            attn.cache = None
-        self.cache_size = None
-        self.head_t = None
-
-    def _attention_layers(self) -> list[CausalSelfAttention]:
-        return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+        T = idx.size(1)
+        if cache is None:
+            if T > self.cfg.block_size:
+                raise TinyGPTError(f"sequence of {T} tokens is longer than the model's block_size={self.cfg.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,) position ids
+        else:
+            pos = cache.pos  # (B, T)
+        return self.trunk(idx, pos, cache)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, a tied matrix counted once.

@@ -8,11 +8,21 @@
     GET  /v1/models        the one model served, with its size and tokenizer
     GET  /health           liveness, and what the generation queue is doing
 
-The KV cache lives in the model, and an inspection puts hooks on it, so a single worker thread
-runs one request at a time, generations and inspections alike. Requests wait their turn first come, first served; at most `--queue` of them are
-admitted (running or waiting) and the rest get 429. A request holds its place until its
-response ends, however it ends: a client that disconnects gives its place back at once, and
-the worker drops its generation before the next token.
+One worker thread runs the decoding engine (engine.py): up to `--max-batch` requests are
+decoded together, each at its own position with its own sampling parameters and random
+generator, joining and leaving between steps, long prompts prefilled in chunks. An inspection
+puts hooks on the model, so it runs on the same thread between two decoding steps
+(GenerationQueue.call, which any other work that needs the model can use too). Requests
+wait first come, first served; at most `--queue` of them are admitted (running or waiting)
+and the rest get 429. A request holds its place until its response ends, however it ends: a
+client that disconnects gives its place back at once, and the engine drops its sequence
+before the next step.
+
+`logprobs` (0 to 20 alternatives) and `echo` follow OpenAI's completions format; the
+log-probabilities are those of the model's raw distribution (before temperature, top_k and
+top_p), from the function evaluation uses (evaluate.logprobs_and_bits). Every prompt follows
+the end-of-text token, so with `echo` the first prompt token is scored given it, where OpenAI
+gives null; usage.prompt_tokens counts the prompt's own tokens, not that one.
 
 Hostile input cannot hurt it: a request body over `--max-body-bytes` gets 413 before it is
 read whole (at once when its Content-Length says so), a POST body must say it is JSON
@@ -35,11 +45,9 @@ import json
 import logging
 import math
 import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +55,8 @@ import numpy as np
 
 from .analysis import TOP_K, Inspector, detail_range_error
 from .common import TinyGPTError
-from .generate import Sampler
+from .engine import SamplingError, SamplingParams, Sequence, Token, Worker
+from .generate import Continuation, Sampler, TextStream, add_dtype_argument
 from .run import SAMPLES, find_checkpoint, run_of
 
 STATIC = Path(__file__).parent / "static"
@@ -87,11 +96,12 @@ class Limits:
     max_prompt_tokens: int | None = None  # None: the model's context length
     queue: int = 32
     max_body_bytes: int = 1_000_000  # 1 MB: a request body, JSON and all
+    max_batch: int = 16  # requests decoded together
 
     def __post_init__(self):
         flags = {
             "--max-tokens": self.max_tokens, "--max-prompt-tokens": self.max_prompt_tokens, "--queue": self.queue,
-            "--max-body-bytes": self.max_body_bytes,
+            "--max-body-bytes": self.max_body_bytes, "--max-batch": self.max_batch,
         }
         for flag, value in flags.items():
             if value is not None and value < 1:
@@ -100,17 +110,15 @@ class Limits:
 
 @dataclass(frozen=True)
 class Completion:
-    """A valid /v1/completions request, its prompt already encoded."""
+    """A valid /v1/completions request, its prompt already encoded (after the end-of-text token)."""
 
+    prompt: str
     prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int | None
-    seed: int | None
+    params: SamplingParams
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    echo: bool
 
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
@@ -120,14 +128,15 @@ _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean":
 NO_OPS = {
     "n": ("integer", 1),
     "best_of": ("integer", 1),
-    "echo": ("boolean", False),
-    "logprobs": ("integer", None),
     "presence_penalty": ("number", 0),
     "frequency_penalty": ("number", 0),
     "logit_bias": ("object", {}),
     "suffix": ("string", None),
 }
-FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", *NO_OPS}
+FIELDS = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user",
+    "logprobs", "echo", *NO_OPS,
+}
 STREAM_OPTIONS = {"include_usage"}
 
 
@@ -220,14 +229,15 @@ class Prompts:
             )
 
     def encode(self, prompt: str) -> list[int]:
-        """The prompt's ids; ApiError 400 naming "prompt" when it is too long or cannot be encoded. Run it off the event loop."""
+        """The prompt's ids after the end-of-text token; ApiError 400 naming "prompt" when it is too
+        long (the end-of-text token not counted) or cannot be encoded. Run it off the event loop."""
         self.check_length(prompt, "prompt")
         try:
             ids = self.sampler.encode(prompt)
         except TinyGPTError as e:  # invalid Unicode, or characters a char tokenizer never saw
             raise ApiError(400, str(e), "prompt") from None
-        if len(ids) > self.max_tokens:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server takes at most {self.max_tokens}", "prompt")
+        if len(ids) - 1 > self.max_tokens:
+            raise ApiError(400, f"the prompt is {len(ids) - 1} tokens; this server takes at most {self.max_tokens}", "prompt")
         return ids
 
 
@@ -244,28 +254,36 @@ def parse_completion(raw: bytes, prompts: Prompts, model_name: str, limits: Limi
             raise ApiError(400, f"{name} {_shown(value)} is not supported here: leave it out or send {json.dumps(no_op)}", name)
     _field(body, "user", "string", None)
     max_tokens = _field(body, "max_tokens", "integer", 16)
-    if not 1 <= max_tokens <= limits.max_tokens:
-        raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens} on this server, got {max_tokens}", "max_tokens")
-    temperature = _field(body, "temperature", "number", 1.0)
-    if temperature < 0:
-        raise ApiError(400, f"temperature must be 0 (greedy) or positive, got {temperature}", "temperature")
-    top_p = _field(body, "top_p", "number", 1.0)
-    if not 0 < top_p <= 1:
-        raise ApiError(400, f"top_p must be in (0, 1], got {top_p}", "top_p")
-    top_k = _field(body, "top_k", "integer", None)  # not OpenAI's, but vLLM and llama.cpp take it too
-    if top_k is not None and top_k < 1:
-        raise ApiError(400, f"top_k must be at least 1, got {top_k}", "top_k")
-    seed = _field(body, "seed", "integer", None)
-    if seed is not None and not 0 <= seed < 2**63:
-        raise ApiError(400, f"seed must be in [0, 2**63), got {seed}", "seed")
+    if max_tokens > limits.max_tokens:
+        raise ApiError(400, f"max_tokens must be at most {limits.max_tokens} on this server, got {max_tokens}", "max_tokens")
+    try:  # the ranges of every entry point: SamplingParams checks them
+        params = SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=_field(body, "temperature", "number", 1.0),
+            top_p=_field(body, "top_p", "number", 1.0),
+            top_k=_field(body, "top_k", "integer", None),  # not OpenAI's, but vLLM and llama.cpp take it too
+            seed=_field(body, "seed", "integer", None),
+            logprobs=_field(body, "logprobs", "integer", None),
+        )
+    except SamplingError as e:
+        name = API_NAMES.get(e.field, e.field)
+        raise ApiError(400, f"{name} {e.problem}", name) from None
+    echo = _field(body, "echo", "boolean", False)
     stream = _field(body, "stream", "boolean", False)
     options = _field(body, "stream_options", "object", {})
     _known_fields(options, STREAM_OPTIONS, "stream_options.")
     include_usage = _field(options, "include_usage", "boolean", False, "stream_options.include_usage")
     stop = _stop_strings(body.get("stop"))
 
-    prompt_ids = prompts.encode(_field(body, "prompt", "string", ""))
-    return Completion(prompt_ids, max_tokens, float(temperature), float(top_p), top_k, seed, stop, stream, include_usage)
+    prompt = _field(body, "prompt", "string", "")
+    prompt_ids = prompts.encode(prompt)
+    if echo and params.logprobs is not None and len(prompt_ids) > prompts.sampler.block_size:
+        raise ApiError(400, f"a prompt to score must fit the context with the end-of-text token before it: "
+                            f"{len(prompt_ids) - 1} tokens, at most {prompts.sampler.block_size - 1}", "prompt")
+    return Completion(prompt, prompt_ids, params, stop, stream, include_usage, echo)
+
+
+API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams' fields that OpenAI names otherwise
 
 
 @dataclass(frozen=True)
@@ -316,37 +334,15 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return tuple(stops)
 
 
-# ---------------------------------------------------------------- generation (on the worker thread)
+# ---------------------------------------------------------------- the queue (on the event loop)
 
 
-class StopText:
-    """Cuts generated text at the first stop string, holding back any tail that could begin one.
+@dataclass(frozen=True)
+class Piece:
+    """Text that can go out now, and the OpenAI logprobs entries of the tokens it came with."""
 
-    Text leaves in pieces and a stop string may arrive split across them, so the tail that
-    might still grow into one waits here until the next piece decides.
-    """
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = stops
-        self.held = ""
-        self.hit = False
-
-    def push(self, piece: str) -> str:
-        """The text that can go out now."""
-        if self.hit or not piece:
-            return ""
-        text = self.held + piece
-        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if cuts:
-            self.hit, self.held = True, ""
-            return text[: min(cuts)]
-        keep = next((k for k in range(len(text), 0, -1) if any(s.startswith(text[-k:]) for s in self.stops)), 0)
-        self.held = text[len(text) - keep :]
-        return text[: len(text) - keep]
-
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return held
+    text: str
+    logprobs: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -354,18 +350,12 @@ class Inspected:
     result: dict  # the JSON answer of an inspection
 
 
-def answer_inspection(inspector: Inspector, request: Inspection) -> Iterator[Inspected]:
+def answer_inspection(inspector: Inspector, request: Inspection) -> Inspected:
     """The answer to /v1/inspect: the tokens, surprisal, top-k and lens ranks; or, for a position,
-    the attention from it and the logit lens there."""
+    the attention from it and the logit lens there. Runs on the engine's thread, between two steps."""
     if request.position is None:
-        yield Inspected(inspector.scores_json(inspector.score(request.ids, request.top_k, lens=True)))
-    else:
-        detail = inspector.position_json(request.ids, request.position, request.top_k, request.layer, request.head)
-        yield Inspected(detail)
-
-
-class Cancelled(Exception):
-    """The client of the running generation has left: the worker drops it."""
+        return Inspected(inspector.scores_json(inspector.score(request.ids, request.top_k, lens=True)))
+    return Inspected(inspector.position_json(request.ids, request.position, request.top_k, request.layer, request.head))
 
 
 @dataclass(frozen=True)
@@ -379,136 +369,198 @@ class Failed:
     message: str
 
 
-def complete(sampler: Sampler, request: Completion, cancel: threading.Event) -> Iterator[str | Finished]:
-    """Text pieces of the continuation as they become safe to send, then Finished.
+class Logprobs:
+    """OpenAI's completions `logprobs` object, built token by token.
 
-    Sampler.steps plus what an API needs: tokens counted, the reason it ended, stop strings,
-    and the cancel flag checked between tokens (raising Cancelled; the KV cache is freed either way).
+    tokens: each token's text, or `bytes:\\xNN...` when it holds part of a UTF-8 character (as
+    OpenAI spells them); token_logprobs: nats; top_logprobs: the likeliest alternatives by
+    text; text_offset: where the token's text starts in the returned text, in characters.
     """
-    stops = StopText(request.stop)
-    steps = sampler.steps(
-        request.prompt_ids, request.max_tokens, request.temperature, request.top_k, request.top_p, request.seed, True
-    )
-    count, reason = 0, "length"
-    with contextlib.closing(steps):
-        for token, piece in steps:
-            if cancel.is_set():
-                raise Cancelled
-            if token is not None:
-                count += 1
-                reason = "stop" if token == sampler.tokenizer.eot_id else reason
-            piece = stops.push(piece)
-            if piece:
-                yield piece
-            if stops.hit:
-                break
-    tail = "" if stops.hit else stops.flush()
-    if tail:
-        yield tail
-    yield Finished("stop" if stops.hit else reason, count)
+
+    def __init__(self, spellings: list[str]):
+        self.spellings = spellings
+
+    def entries(self, tokens: list[Token], offsets: list[int]) -> dict:
+        spell = self.spellings
+        return {
+            "tokens": [spell[t.id] for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{spell[i]: lp for i, lp in t.top} for t in tokens],
+            "text_offset": offsets,
+        }
 
 
-# ---------------------------------------------------------------- the queue (on the event loop)
+def spellings(tokenizer) -> list[str]:
+    """Each id's text as OpenAI's logprobs spell it: bytes that are not whole UTF-8 characters as `bytes:\\xNN`."""
+    out = []
+    for piece in tokenizer.token_pieces():
+        try:
+            out.append(piece.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("bytes:" + "".join(f"\\x{b:02x}" for b in piece))
+    return out
 
 
 class Job:
-    """One admitted request: the worker reads it and its cancel flag, and sends events back."""
+    """One admitted request: its engine sequence, and the text and events made of its tokens on the event loop."""
 
-    def __init__(self, request: Completion | Inspection):
+    def __init__(self, request: Completion, sampler: Sampler, logprobs: Logprobs):
         self.request = request
-        self.cancel = threading.Event()
-        self.started = False
-        self._events: asyncio.Queue = asyncio.Queue()
+        self.seq = Sequence(request.prompt_ids, request.params, score_prompt=request.echo and request.params.logprobs is not None)
+        self.text = Continuation(self.seq, sampler.tokenizer, request.stop)
+        self.logprobs = logprobs if request.params.logprobs is not None else None
+        self.sampler = sampler
+        self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
-    def send(self, event: str | Finished | Failed) -> None:
-        """Called on the worker thread: hand an event to the event loop."""
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+    def notify(self, seq: Sequence) -> None:
+        """Called on the worker thread: the sequence has new tokens or has finished."""
+        self._loop.call_soon_threadsafe(self._wake.set)
 
     def abandon(self) -> None:
-        """Called on the event loop when the client has left: drop the generation, end the events now."""
-        self.cancel.set()
-        self._events.put_nowait(Failed("the client disconnected"))
+        """Called on the event loop when the client has left: the engine drops the sequence before its next step."""
+        self.seq.stop()
 
-    async def events(self) -> AsyncIterator[str | Finished | Inspected | Failed]:
-        """Text pieces as they are generated, then one Finished (or Inspected) or Failed."""
+    @property
+    def unanswered(self) -> bool:
+        """Still generating, or dropped before its end (not by a stop string)."""
+        return self.seq.finish_reason in (None, "cancelled") and not self.text.stops.hit
+
+    async def events(self) -> AsyncIterator[Piece | Finished | Failed]:
+        """The echoed prompt (with `echo`, once scored if asked), text pieces as they are generated,
+        then one Finished or Failed."""
+        offset, echo = 0, self.request.echo
         while True:
-            event = await self._events.get()
-            yield event
-            if not isinstance(event, str):
+            if echo and (not self.seq.score_prompt or len(self.seq.prompt_scores) == len(self.seq.prompt) - 1):
+                echo, echoed = False, self._echo()
+                offset = len(echoed.text)
+                yield echoed
+            done = self.seq.done  # before the tokens: the engine appends the last token, then says done
+            if not echo:
+                tokens, offsets, texts = [], [], []
+                for token in self.seq.tokens[self.text.seen :]:
+                    start, taken = offset + self.text.decoded, self.text.taken
+                    texts.append(self.text.push(token))
+                    if self.text.taken > taken:  # it counts (it is not past a stop string)
+                        tokens.append(token)
+                        offsets.append(start)
+                if done:
+                    texts.append(self.text.finish())
+                text = "".join(texts)
+                if text or (tokens and self.logprobs):
+                    yield Piece(text, self.logprobs.entries(tokens, offsets) if self.logprobs else None)
+            if done:
+                reason = self.text.finish_reason
+                if reason.startswith("error"):
+                    yield Failed(f"generation failed: {reason.removeprefix('error: ')}")
+                elif reason == "cancelled":
+                    yield Failed("the client disconnected")
+                else:
+                    yield Finished(reason, self.text.taken)
                 return
+            await self._wake.wait()
+            self._wake.clear()
+
+    def _echo(self) -> Piece:
+        """The prompt as text, with its tokens' scores (the first given the end-of-text token) when asked."""
+        if not self.logprobs:
+            return Piece(self.request.prompt)
+        offsets, stream, done = [], TextStream(self.sampler.tokenizer), 0
+        for token in self.request.prompt_ids[1:]:
+            offsets.append(done)  # a token inside a character starts where the character does
+            done += len(stream.push(token))
+        return Piece(self.request.prompt, self.logprobs.entries(self.seq.prompt_scores, offsets))
+
+
+class InspectionJob:
+    """One admitted inspection: it runs on the engine's thread between two steps (Worker.call)."""
+
+    def __init__(self, request: Inspection, queue: "GenerationQueue"):
+        self.request = request
+        self.future = queue.worker.call(lambda: answer_inspection(queue.inspector, request))
+
+    def abandon(self) -> None:
+        """The client left: drop the inspection unless it has started."""
+        self.future.cancel()
+
+    @property
+    def unanswered(self) -> bool:
+        return not self.future.done()
+
+    async def events(self) -> AsyncIterator[Inspected | Failed]:
+        """The answer, or Failed when the inspection raised."""
+        try:
+            answer = await asyncio.wrap_future(self.future)
+        except Exception as e:  # noqa: BLE001 (a bug or an exhausted device fails this request, never the worker)
+            yield Failed(f"inspection failed: {type(e).__name__}: {e}")
+            return
+        yield answer
 
 
 class GenerationQueue:
-    """One worker thread running one admitted request (a generation or an inspection) at a time, in arrival order.
+    """The engine's worker thread and the requests admitted to it (running or waiting), at most
+    `limit`: generations, decoded together, and inspections, run between two decoding steps.
 
     Admission and release happen on the event loop, so the count needs no lock; only the
-    worker touches the model.
+    worker thread touches the model, and call() hands it other work between two steps.
     """
 
-    def __init__(self, sampler: Sampler, limit: int):
+    def __init__(self, sampler: Sampler, limit: int, max_batch: int):
         self.sampler = sampler
         self.inspector = Inspector(sampler.model, sampler.tokenizer, sampler.device)
         self.limit = limit
         self.jobs: set[Job] = set()  # admitted: running or waiting
-        self.running: Job | None = None
         self.cancelled = 0  # generations dropped because their client left
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="tinygpt-generate")
+        self.worker = Worker(sampler.engine(max_batch))
+        self.logprobs = Logprobs(spellings(sampler.tokenizer))
 
-    def admit(self, request: Completion | Inspection) -> Job:
+    def admit(self, request: Completion | Inspection) -> Job | InspectionJob:
         if len(self.jobs) >= self.limit:
             raise ApiError(
                 429, f"the server is busy: {self.limit} requests are running or waiting; try again shortly",
                 kind="rate_limit_error", code="rate_limit_exceeded",
             )
-        job = Job(request)
+        if isinstance(request, Inspection):
+            job = InspectionJob(request, self)
+        else:
+            job = Job(request, self.sampler, self.logprobs)
+            self.worker.submit(job.seq, job.notify)
         self.jobs.add(job)
-        self._worker.submit(self._run, job)
         return job
 
-    def release(self, job: Job) -> None:
-        """Give the job's place back; if it is still running or waiting, the worker drops it. Idempotent."""
-        job.cancel.set()
+    def release(self, job: Job | InspectionJob) -> None:
+        """Give the job's place back; if it is still running or waiting, it is dropped. Idempotent."""
+        if job in self.jobs and job.unanswered:
+            self.cancelled += 1
+        job.abandon()
         self.jobs.discard(job)
 
+    async def call(self, fn: Callable[[], object]):
+        """fn() on the worker thread between two engine steps (it has the model to itself there); its result."""
+        return await asyncio.wrap_future(self.worker.call(fn))
+
     def status(self) -> dict:
-        waiting = sum(not job.started for job in self.jobs)
-        return {"running": int(self.running is not None), "waiting": waiting, "limit": self.limit, "cancelled": self.cancelled}
+        rows = set(map(id, self.worker.engine.rows))
+        running = sum(job.future.running() if isinstance(job, InspectionJob) else id(job.seq) in rows for job in self.jobs)
+        waiting = sum(job.unanswered for job in self.jobs) - running
+        return {"running": running, "waiting": waiting, "limit": self.limit, "cancelled": self.cancelled}
 
     def close(self) -> None:
-        """Drop every generation and wait for the worker (it stops before its next token)."""
+        """Drop every generation and stop the worker (it stops after its current step)."""
         for job in list(self.jobs):
             self.release(job)
-        self._worker.shutdown(wait=True)
-
-    def _run(self, job: Job) -> None:
-        """The worker thread, once per admitted job, in admission order."""
-        if job.cancel.is_set():  # its client left while it waited
-            self.cancelled += 1
-            return
-        job.started, self.running = True, job
-        request = job.request
-        try:
-            work = complete(self.sampler, request, job.cancel) if isinstance(request, Completion) else answer_inspection(self.inspector, request)
-            for event in work:
-                job.send(event)
-        except Cancelled:
-            self.cancelled += 1
-        except Exception as e:  # noqa: BLE001 (a bug or an exhausted device fails this request, never the worker)
-            job.send(Failed(f"{'generation' if isinstance(request, Completion) else 'inspection'} failed: {type(e).__name__}: {e}"))
-        finally:
-            self.running = None
+        self.worker.close()
 
 
 # ---------------------------------------------------------------- responses
 
 
-def _choice(head: dict, text: str, finish_reason: str | None) -> dict:
-    return {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+def _choice(head: dict, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
 def _usage(request: Completion, finished: Finished) -> dict:
-    prompt = len(request.prompt_ids)
+    prompt = len(request.prompt_ids) - 1  # the prompt's own tokens, not the end-of-text token before them
     completion = finished.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -529,8 +581,8 @@ async def event_stream(queue: GenerationQueue, job: Job, head: dict) -> AsyncIte
     """
     try:
         async for event in job.events():
-            if isinstance(event, str):
-                yield _sse(_choice(head, event, None))
+            if isinstance(event, Piece):
+                yield _sse(_choice(head, event.text, None, event.logprobs))
             elif isinstance(event, Failed):
                 yield _sse(_server_error(event))
             else:
@@ -610,7 +662,7 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    queue = GenerationQueue(sampler, limits.queue)
+    queue = GenerationQueue(sampler, limits.queue, limits.max_batch)
     card = model_card(sampler, name, limits)
     prompts = Prompts(sampler, limits)
 
@@ -674,7 +726,8 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
         *texts, last = await _all_events(queue, job, request)
         if isinstance(last, Failed):
             return JSONResponse(_server_error(last), status_code=500)
-        return {**_choice(head, "".join(texts), last.reason), "usage": _usage(completion, last)}
+        logprobs = _joined([t.logprobs for t in texts]) if completion.params.logprobs is not None else None
+        return {**_choice(head, "".join(t.text for t in texts), last.reason, logprobs), "usage": _usage(completion, last)}
 
     @app.post("/v1/inspect")
     async def inspection(request: Request):
@@ -688,7 +741,7 @@ def create_app(sampler: Sampler, name: str, limits: Limits = Limits(), checkpoin
     return app
 
 
-async def _all_events(queue: GenerationQueue, job: Job, request) -> list:
+async def _all_events(queue: GenerationQueue, job, request) -> list:
     """Every event of a job whose answer is sent whole; its place is freed when it ends or its client leaves."""
     watcher = asyncio.create_task(_abandon_on_disconnect(request, job))
     try:
@@ -696,6 +749,12 @@ async def _all_events(queue: GenerationQueue, job: Job, request) -> list:
     finally:
         watcher.cancel()
         queue.release(job)
+
+
+def _joined(parts: list[dict | None]) -> dict:
+    """The logprobs of a whole response from those of its pieces."""
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    return {key: [x for part in parts if part for x in part[key]] for key in keys}
 
 
 async def _abandon_on_disconnect(request, job: Job) -> None:
@@ -715,8 +774,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Serve a trained model on this machine: a story playground at / and an OpenAI-style API\n"
         "(POST /v1/completions, streamed with \"stream\": true; POST /v1/inspect; GET /v1/models; GET /health).\n\n"
-        "One request (a generation or an inspection) runs at a time; up to --queue wait their turn, first come first\n"
-        "served, and more get HTTP 429. A client that disconnects frees its place at once.\n\n"
+        "Up to --max-batch requests are decoded together, joining and leaving between steps; an\n"
+        "inspection runs between two steps. Up to --queue requests are admitted (running or waiting,\n"
+        "first come first served), and more get HTTP 429. A client that disconnects frees its place at\n"
+        "once. A prompt follows the end-of-text token, as in training. \"logprobs\": N (0 to 20) and\n"
+        "\"echo\": true follow OpenAI.\n\n"
         "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
         "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 100, \"temperature\": 0.8}'"
     )
@@ -725,22 +787,25 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, metavar="PORT", help="port to listen on (default: 8000; 0 picks a free one)")
     p.add_argument("--name", metavar="NAME", help="the model id clients see and send (default: the run folder's name)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 or mps")
+    add_dtype_argument(p)
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, metavar="N", help=f"most tokens one request may generate (default: {Limits.max_tokens})")
     p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt accepted, in tokens (default: the model's context length)")
     p.add_argument("--queue", type=int, default=Limits.queue, metavar="N", help=f"requests running or waiting before new ones get 429 (default: {Limits.queue})")
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, metavar="N", help=f"largest request body accepted; larger ones get 413 (default: {Limits.max_body_bytes}, 1 MB)")
+    p.add_argument("--max-batch", type=int, default=Limits.max_batch, metavar="N", help=f"requests decoded together (default: {Limits.max_batch})")
 
 
 def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(
-        max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, queue=args.queue, max_body_bytes=args.max_body_bytes
+        max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, queue=args.queue,
+        max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
     )
     if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
         raise TinyGPTError("serve needs FastAPI and uvicorn: pip install 'tinygpt[serve]'")
     import uvicorn
 
     with _listen(args.host, args.port) as sock:  # before loading: a busy port fails at once, not after the model loads
-        sampler = Sampler.from_path(args.path, args.device)
+        sampler = Sampler.from_path(args.path, args.device, args.dtype)
         name = args.name or default_name(args.path)
         app = create_app(sampler, name, limits, find_checkpoint(args.path).resolve())
         host, port = sock.getsockname()[:2]
