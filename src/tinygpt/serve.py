@@ -393,7 +393,7 @@ class Logprobs:
 def spellings(tokenizer) -> list[str]:
     """Each id's text as OpenAI's logprobs spell it: bytes that are not whole UTF-8 characters as `bytes:\\xNN`."""
     out = []
-    for piece in tokenizer.token_pieces():
+    for piece in tokenizer.vocab_bytes():
         try:
             out.append(piece.decode("utf-8"))
         except UnicodeDecodeError:
