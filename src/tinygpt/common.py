@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,10 +205,27 @@ def read_json(path: str | Path, what: str) -> dict:
         raise TinyGPTError(f"{what} is not valid JSON: {path} ({e})") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The objects of a JSON-lines file the project appends to; a line cut short (a killed writer) is skipped."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
+def read_jsonl(path: str | Path, keys: dict[str, type] | None = None) -> list[dict]:
+    """The objects of a JSON-lines file the project appends to, each holding `keys` of their types.
+
+    A last line cut short (a killed writer) is skipped quietly; any other line that is not such an
+    object (not UTF-8, not JSON: a damaged or hand-edited file) is skipped with a warning on stderr,
+    so that what reads the file (resuming, plotting) still works.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    lines.pop()  # what follows the last newline: empty, or a line a killed writer cut short
+    rows, skipped = [], 0
+    for line in filter(None, lines):
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if isinstance(row, dict) and all(isinstance(row.get(key), typ) for key, typ in (keys or {}).items()):
+            rows.append(row)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"warning: skipped {skipped} damaged line(s) of {path}", file=sys.stderr)
     return rows
