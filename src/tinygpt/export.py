@@ -93,7 +93,7 @@ def _gpt2_config(cfg: ModelConfig) -> dict:
         "activation_function": "gelu_pytorch_tanh" if cfg.activation == "gelu" else "relu",
         "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout if cfg.embd_dropout else 0.0,
         "attn_pdrop": cfg.dropout,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
