@@ -387,7 +387,12 @@ def test_full_disk_at_checkpoint_time_keeps_the_previous_one(finished_run, tinyg
 
     result = tinygpt_command.run("train", *resume_args(finished_run), preexec_fn=limit_file_size)
     assert result.returncode == 1
-    assert "File too large" in last_error_line(result.stderr) and "Traceback" not in result.stderr
+    # the one line names the file that did not fit, where it would have been (not in the temporary folder)
+    assert last_error_line(result.stderr) == (
+        "tinygpt train: error: file too large (a file size limit) while writing "
+        f"{Run(finished_run).step_folder(20) / 'optimizer.safetensors'}"
+    )
+    assert "Traceback" not in result.stderr
     assert Run(finished_run).checkpoints() == [previous]
     assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before
     assert [p.name for p in (finished_run / "checkpoints").iterdir()] == [previous.name]
