@@ -18,10 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import one_line
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, load_config
 from tinygpt.model import GPT
+from tinygpt.prepare import prepare
 from tinygpt.run import Run
 from tinygpt.train import Trainer
 
@@ -34,16 +36,6 @@ TINY = {
     "train.threads": "1",
     "train.sample_tokens": "0",
 }
-
-
-def one_line(err: str) -> str:
-    """The single line a failing command leaves on stderr, as a terminal shows it (a progress bar
-    that a carriage return wipes is not a line); fails the test on anything more."""
-    assert "Traceback" not in err, err
-    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def run_main(argv: list, capsys) -> tuple[int, str]:
@@ -123,13 +115,17 @@ def test_a_bad_value_from_python(key, text, toml, value, message):
     assert message in str(raised.value)
 
 
-def test_the_python_api_validates_where_a_config_enters(char_data, tmp_path):
+def test_the_python_api_validates_where_a_config_enters(char_data, train_txt, tmp_path):
     with pytest.raises(TinyGPTError, match="model.norm_eps must be positive"):
         GPT(ModelConfig(vocab_size=10, norm_eps=-1e-5))
     cfg = load_config("tiny", TINY)
     cfg.train.lr = INF
     with pytest.raises(TinyGPTError, match="train.lr must be a finite number"):
         Trainer(cfg, char_data, tmp_path / "run")
+    cfg = load_config("tiny")
+    cfg.data.workers = -1
+    with pytest.raises(TinyGPTError, match=r"data.workers must be in \[0, 1024\]"):
+        prepare([str(train_txt)], tmp_path / "prepared", cfg)
 
 
 def test_every_process_seed_must_fit_numpy():
@@ -325,7 +321,6 @@ def test_bad_input_in_real_processes(where, tinygpt_command):
     where.edit_manifest(lambda m: _set(m, "dtype", "float16"))
     rows = {
         "value": (["presets", "tiny", "--model.n_layer", "1e400"], "model.n_layer must fit in 64 bits"),
-        "duration": ([*TRAIN_ON, "--data", where.data, "--max-time", "nan"], "train.max_time must be a positive finite"),
         "name": (["info", "/nonexistent"], "is neither a run or checkpoint folder nor a preset"),
         "manifest": ([*TRAIN_ON, "--data", where.data], "dtype 'float16' is not an unsigned token dtype"),
     }

@@ -19,6 +19,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import tinygpt.common
+from conftest import one_line, wait_until
 from tinygpt import checkpoint as ckpt
 from tinygpt.cli import main
 from tinygpt.common import Terminated
@@ -42,15 +43,6 @@ def args(**settings) -> list[str]:
     return ["--config", "tiny", *(a for k, v in {**TINY, **settings}.items() for a in (f"--{k}", str(v)))]
 
 
-def one_line(err: str) -> str:
-    """The one line a command leaves on stderr, as a terminal shows it (a progress bar wiped by a carriage return is not one)."""
-    assert "Traceback" not in err, err
-    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def start(*command: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tinygpt", *map(str, command)],
@@ -59,17 +51,6 @@ def start(*command: str, **kwargs) -> subprocess.Popen:
         text=True,
         **kwargs,
     )
-
-
-def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the command ended before {what}:\n{proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {what} within {timeout} s")
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------- starting again, and identical files

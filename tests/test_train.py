@@ -10,13 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from conftest import wait_until
 from tinygpt import checkpoint as ckpt
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
@@ -266,15 +266,8 @@ def start_training(data, run, **overrides) -> subprocess.Popen:
     )
 
 
-def wait_for(path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before {path} appeared:\n{proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
+def wait_for(path, proc: subprocess.Popen) -> None:
+    wait_until(path.exists, proc, str(path))
 
 
 def test_kill_minus_9_then_resume_auto_is_bit_exact(char_data, tmp_path, tinygpt_command):

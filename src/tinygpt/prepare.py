@@ -271,7 +271,9 @@ def prepare(
 
     The folder is built under a temporary name beside `out` and renamed when complete. An
     existing `out` is replaced only with `force`, and only if it is a prepared folder itself.
+    Raises TinyGPTError for an invalid config (validated here, as the command line does) or input.
     """
+    cfg.validate()
     out = Path(out).resolve()  # also gives "." or ".." a name for the temporary sibling
     _check_out(out, force)
     train_paths = resolve_inputs(inputs, exclude=out)

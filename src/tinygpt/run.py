@@ -151,7 +151,9 @@ class Run:
         kinds = {"config": (dict,), "data": (str,), "init_from": (str, type(None))}
         wrong = [key for key, types in kinds.items() if not isinstance(record.get(key, 0), types)]
         if wrong:
-            raise TinyGPTError(f"{self.start} lacks or has damaged {', '.join(wrong)}: start the run again with --data")
+            raise TinyGPTError(
+                f"{self.start} lacks or has damaged {', '.join(wrong)}: start the run again without --resume auto"
+            )
         return record
 
     def save(self, step: int, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import TinyGPTError, read_json
+from .common import TinyGPTError, naming_errors, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -121,7 +121,8 @@ class ShardWriter:
                 self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": 0})
                 self._file = open(self.folder / self.shards[-1]["file"], "wb")  # noqa: SIM115 (closed in _finish)
             room = self.shard_tokens - self.shards[-1]["tokens"]
-            self._file.write(tokens[:room])
+            with naming_errors(self._file.name):
+                self._file.write(tokens[:room])
             self.shards[-1]["tokens"] += min(room, tokens.size)
             tokens = tokens[room:]
             if self.shards[-1]["tokens"] == self.shard_tokens:
@@ -133,9 +134,10 @@ class ShardWriter:
         return self.shards
 
     def _finish(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        with naming_errors(self._file.name):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         self._file = None
 
 
