@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 
@@ -141,14 +142,15 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     non-empty one) and the parent folder is flushed, so the rename itself survives a power
     cut. When the block raises, the temporary folder is deleted and `out` is untouched.
     A crash leaves either the old `out` or the new one, never half of one; at worst a
-    `.NAME.*.tmp` sibling, which the next writer of `out` removes.
+    `.NAME.*.tmp` or `.NAME.*.old` sibling, which the next writer of `out` removes.
 
     Raises OSError (a full disk, no permission) from the file system, after cleaning up; one
     about a file in the temporary folder names the file as it would have been called in `out`.
     """
     out = Path(out).resolve()  # also gives "." a name for the sibling
     out.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # left by a writer that was killed
+    leftovers = [out.parent.glob(f".{glob.escape(out.name)}.*.{end}") for end in ("tmp", "old")]
+    for leftover in chain(*leftovers):  # left by a writer that was killed
         shutil.rmtree(leftover, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()  # not tempfile.mkdtemp: its private mode would end up on the folder

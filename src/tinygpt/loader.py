@@ -67,6 +67,7 @@ def eval_windows(
     Windows cover tokens [i*T, i*T + T] of each shard, so consecutive windows share one
     token: the last target of one is the first input of the next. A shard's tail shorter
     than a window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
+    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.check_ids).
     """
     taken = 0
     batch: list[np.ndarray] = []
