@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,6 +65,28 @@ class TinyGPTCommand:
 @pytest.fixture(scope="session")
 def tinygpt_command() -> TinyGPTCommand:
     return TinyGPTCommand()
+
+
+def one_line(err: str) -> str:
+    """The one line a command leaves on stderr, as a terminal shows it (a progress bar that a carriage
+    return wipes is not a line); fails the test on a traceback or any other line."""
+    assert "Traceback" not in err, err
+    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll `condition` every 10 ms while the process runs; fail the test when it ends first or the time is up."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the command ended before {what}:\n{proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.01)
 
 
 def _stories(name: str, n_bytes: int) -> str:

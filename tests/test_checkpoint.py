@@ -147,6 +147,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, tokenize
 def test_best_is_replaced_whole(tmp_path, tokenizer_dir):
     best = tmp_path / "best"
     save(best, tiny_model(seed=0), tokenizer_dir=tokenizer_dir, step=5)
+    (tmp_path / ".best.0a1b2c3d.old").mkdir()  # a writer killed between its two renames left the old one aside
     save(best, tiny_model(seed=1), tokenizer_dir=tokenizer_dir, step=9)
     assert ckpt.read_progress(best)["step"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

@@ -289,7 +289,7 @@ def _broken_checkpoint(run_dir, tmp_path, damage: str):
         (lambda run, tmp: [run, "--num-samples", "0"], "--num-samples"),
         (lambda run, tmp: [run, "--threads", "-1"], "--threads"),
         (lambda run, tmp: [run, "--device", "tpu"], "device"),
-        (lambda run, tmp: [tmp / "nowhere"], "no checkpoint"),
+        (lambda run, tmp: [tmp / "nowhere"], "not a run or checkpoint folder"),
         (lambda run, tmp: [_broken_checkpoint(run, tmp, "incomplete")], "incomplete"),
         (lambda run, tmp: [_broken_checkpoint(run, tmp, "version")], "format"),
         (lambda run, tmp: [run.parent / "char-run", "--prompt", "Lily 🐉"], "U+1F409"),

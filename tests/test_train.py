@@ -10,13 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from conftest import wait_until
 from tinygpt import checkpoint as ckpt
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
@@ -266,15 +266,8 @@ def start_training(data, run, **overrides) -> subprocess.Popen:
     )
 
 
-def wait_for(path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before {path} appeared:\n{proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
+def wait_for(path, proc: subprocess.Popen) -> None:
+    wait_until(path.exists, proc, str(path))
 
 
 def test_kill_minus_9_then_resume_auto_is_bit_exact(char_data, tmp_path, tinygpt_command):
@@ -387,7 +380,12 @@ def test_full_disk_at_checkpoint_time_keeps_the_previous_one(finished_run, tinyg
 
     result = tinygpt_command.run("train", *resume_args(finished_run), preexec_fn=limit_file_size)
     assert result.returncode == 1
-    assert "File too large" in last_error_line(result.stderr) and "Traceback" not in result.stderr
+    # the one line names the file that did not fit, where it would have been (not in the temporary folder)
+    assert last_error_line(result.stderr) == (
+        "tinygpt train: error: file too large (a file size limit) while writing "
+        f"{Run(finished_run).step_folder(20) / 'optimizer.safetensors'}"
+    )
+    assert "Traceback" not in result.stderr
     assert Run(finished_run).checkpoints() == [previous]
     assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before
     assert [p.name for p in (finished_run / "checkpoints").iterdir()] == [previous.name]

@@ -19,7 +19,6 @@ checkpoint from anyone runs no code of theirs (torch.load would unpickle).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -30,8 +29,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .common import TinyGPTError, atomic_folder, read_json
-from .config import Config, ModelConfig, load_config
+from .common import TinyGPTError, atomic_folder, copy_folder, fsync_path, read_json, write_file
+from .config import Config, ModelConfig, differences, load_config
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -105,10 +104,12 @@ def save_tree(path: Path, tree: dict) -> None:
 
 
 def load_tree(path: Path) -> dict:
-    """The dict `save_tree` wrote (dict keys come back as strings, tuples as lists)."""
+    """The dict `save_tree` wrote (dict keys come back as strings, tuples as lists).
+
+    Raises TinyGPTError when the file is missing or damaged."""
     tensors, header = _read_safetensors(path)
     tree: dict = {}
-    for name, value in {**json.loads(header.get("json", "{}")), **tensors}.items():
+    for name, value in {**_header_json(header, "json", path), **tensors}.items():
         *parents, leaf = name.split(".")
         node = tree
         for key in parents:
@@ -119,9 +120,18 @@ def load_tree(path: Path) -> dict:
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Serialize in memory and write the bytes ourselves: safetensors' own writer reports a full
-    disk as a SafetensorError, and the command line explains an OSError (ENOSPC, EFBIG) in one line."""
-    with open(path, "wb") as f:
-        f.write(save(tensors, metadata=metadata))
+    disk as a SafetensorError, and the command line explains an OSError (ENOSPC, EFBIG) in one line.
+
+    The header is written again with its keys sorted: safetensors keeps the metadata in a hash map
+    whose order changes from process to process, and identical runs must write identical files.
+    Layout (the safetensors format): 8 bytes little-endian header length, the JSON header padded
+    with spaces to a multiple of 8 bytes, then the tensors' bytes, which the header's offsets index.
+    """
+    data = save(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    header_bytes = header.encode() + b" " * (-len(header.encode()) % 8)
+    write_file(path, len(header_bytes).to_bytes(8, "little") + header_bytes + data[8 + length :])
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -133,6 +143,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise TinyGPTError(f"checkpoint file missing: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise TinyGPTError(f"cannot read {path}: {e}") from None
+
+
+def _header_json(header: dict[str, str], key: str, path: Path) -> dict:
+    """The JSON object a safetensors header holds under `key` ({} when absent); raises TinyGPTError when it is damaged."""
+    try:
+        value = json.loads(header.get(key, "{}"))
+    except json.JSONDecodeError as e:
+        raise TinyGPTError(f"cannot read {path}: its header's {key!r} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise TinyGPTError(f"cannot read {path}: its header's {key!r} is not a JSON object")
+    return value
 
 
 # ---------------------------------------------------------------- weights
@@ -153,17 +174,44 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file by name, a tied tensor under each of its names. Raises TinyGPTError when damaged."""
     tensors, header = _read_safetensors(path)
-    for alias, name in json.loads(header.get("tied", "{}")).items():
+    for alias, name in _header_json(header, "tied", path).items():
+        if name not in tensors:
+            raise TinyGPTError(f"cannot read {path}: {alias!r} is tied to {name!r}, which it does not hold")
         tensors[alias] = tensors[name]
     return tensors
 
 
+def check_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], folder: str | Path) -> None:
+    """Raise TinyGPTError unless `tensors` are exactly the model's parameters and buffers, by name and
+    shape; the message names the missing, extra and mis-shaped tensors (the first few of each)."""
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in tensors]
+    extra = [name for name in tensors if name not in expected]
+    misshaped = [
+        f"{name} {list(tensors[name].shape)} (the model's: {list(t.shape)})"
+        for name, t in expected.items()
+        if name in tensors and tensors[name].shape != t.shape
+    ]
+    problems = [
+        f"{what} {_some(names)}"
+        for what, names in (("missing", missing), ("extra", extra), ("mis-shaped", misshaped))
+        if names
+    ]
+    if problems:
+        raise TinyGPTError(f"the weights in {folder} do not fit this model: {'; '.join(problems)}")
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
-    try:
-        model.load_state_dict(read_weights(Path(folder) / WEIGHTS))
-    except RuntimeError as e:
-        raise TinyGPTError(f"the weights in {folder} do not fit this model: {str(e).splitlines()[0]}") from None
+    """Load a checkpoint folder's weights into `model`; raises TinyGPTError when they do not fit (see check_weights)."""
+    tensors = read_weights(Path(folder) / WEIGHTS)
+    check_weights(model, tensors, folder)
+    model.load_state_dict(tensors)
 
 
 # ---------------------------------------------------------------- writing a checkpoint folder
@@ -183,11 +231,19 @@ def save_checkpoint(folder: str | Path, state: dict, config_toml: str, tokenizer
             save_tree(tmp / OPTIMIZER, state["optimizer"])
         for rank, tree in enumerate(state.get("ranks", [])):
             save_tree(tmp / rank_file(rank), tree)
-        (tmp / STATE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state["progress"]}, indent=2) + "\n")
-        (tmp / CONFIG).write_text(config_toml, encoding="utf-8")
-        shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
-        (tmp / MARKER).write_text("")  # last: a folder without it is never read
+        write_file(tmp / STATE, (json.dumps({"format_version": FORMAT_VERSION, **state["progress"]}, indent=2) + "\n").encode())
+        write_file(tmp / CONFIG, config_toml.encode())
+        copy_folder(tokenizer_dir, tmp / TOKENIZER)
+        write_file(tmp / MARKER, b"")  # last: a folder without it is never read
     return folder
+
+
+def delete_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder, its completion marker first and flushed to disk: a deletion cut
+    short (a kill, a power cut) leaves a folder that no reader takes for a checkpoint."""
+    (folder / MARKER).unlink(missing_ok=True)
+    fsync_path(folder)
+    shutil.rmtree(folder)
 
 
 # ---------------------------------------------------------------- reading a checkpoint folder
@@ -197,16 +253,29 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def read_progress(folder: str | Path) -> dict:
-    """state.json of a complete checkpoint, checked for the format version this code writes."""
+def read_progress(folder: str | Path, required: dict[str, tuple[type, ...]] | None = None) -> dict:
+    """state.json of a complete checkpoint, checked for the format version this code writes and
+    for the `required` keys with their JSON types (the reader says what it needs: the progress is
+    free JSON to this module). Raises TinyGPTError naming the file and what is wrong with it.
+    """
     folder = Path(folder)
     if not is_complete(folder):
         raise TinyGPTError(f"{folder} is not a complete checkpoint (no {MARKER} marker)")
-    progress = read_json(folder / STATE, "checkpoint state")
+    path = folder / STATE
+    progress = read_json(path, "checkpoint state")
+    if not isinstance(progress, dict):
+        raise TinyGPTError(f"{path} is not a JSON object: the checkpoint is damaged")
     if progress.get("format_version") != FORMAT_VERSION:
         raise TinyGPTError(
             f"{folder} has checkpoint format {progress.get('format_version')!r}; this tinygpt reads {FORMAT_VERSION}"
         )
+    missing = [key for key in required or {} if key not in progress]
+    if missing:
+        raise TinyGPTError(f"{path} lacks {', '.join(missing)}: the checkpoint is damaged")
+    for key, types in (required or {}).items():
+        if not isinstance(progress[key], types) or isinstance(progress[key], bool) and bool not in types:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise TinyGPTError(f"{path} has {key} = {progress[key]!r} where {names} belongs: the checkpoint is damaged")
     return progress
 
 
@@ -214,10 +283,16 @@ def read_config(folder: str | Path) -> Config:
     return load_config(str(Path(folder) / CONFIG))
 
 
-def read_training_state(folder: str | Path, rank: int, world_size: int) -> dict:
-    """What resuming needs, in the layout `save_checkpoint` takes, with this rank's entry as "rank"."""
+def read_training_state(
+    folder: str | Path, rank: int, world_size: int, required: dict[str, tuple[type, ...]] | None = None
+) -> dict:
+    """What resuming needs, in the layout `save_checkpoint` takes, with this rank's entry as "rank".
+
+    required: the progress keys the caller needs (see read_progress); "world_size" is checked here.
+    Raises TinyGPTError for a weights-only checkpoint, another number of processes, or damage.
+    """
     folder = Path(folder)
-    progress = read_progress(folder)
+    progress = read_progress(folder, {**(required or {}), "world_size": (int,)})
     if not (folder / OPTIMIZER).is_file():
         raise TinyGPTError(
             f"{folder} holds weights only and cannot be resumed: start a new run from it with --init-from"
@@ -228,9 +303,12 @@ def read_training_state(folder: str | Path, rank: int, world_size: int) -> dict:
             "resume with the same number (or start a new run from it with --init-from)"
         )
     optimizer = load_tree(folder / OPTIMIZER)
-    optimizer["state"] = {int(i): s for i, s in optimizer.get("state", {}).items()}
-    for group in optimizer["param_groups"]:
-        group["betas"] = tuple(group["betas"])
+    try:
+        optimizer["state"] = {int(i): s for i, s in optimizer.get("state", {}).items()}
+        for group in optimizer["param_groups"]:
+            group["betas"] = tuple(group["betas"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TinyGPTError(f"cannot read {folder / OPTIMIZER}: it is not an optimizer's state ({e!r})") from None
     return {
         "model": read_weights(folder / WEIGHTS),
         "optimizer": optimizer,
@@ -240,11 +318,9 @@ def read_training_state(folder: str | Path, rank: int, world_size: int) -> dict:
 
 
 def check_architecture(saved: ModelConfig, wanted: ModelConfig, folder: Path) -> None:
-    """Weights fit only the architecture they were trained with; dropout is a training choice and may differ."""
-    diffs = [
-        f"model.{key} {getattr(saved, key)!r} -> {getattr(wanted, key)!r}"
-        for key in (f.name for f in dataclasses.fields(saved))
-        if key != "dropout" and getattr(saved, key) != getattr(wanted, key)
-    ]
+    """Weights fit only the architecture they were trained with; the training-only keys (dropout,
+    initialisation: ModelConfig.TRAINING_ONLY) may differ. Raises TinyGPTError naming each change."""
+    training_only = tuple(f"model.{key} " for key in ModelConfig.TRAINING_ONLY)
+    diffs = [d for d in differences(saved, wanted, "model.") if not d.startswith(training_only)]
     if diffs:
         raise TinyGPTError(f"the config changes the architecture of the checkpoint {folder}: {', '.join(diffs)}")

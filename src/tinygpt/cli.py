@@ -3,20 +3,24 @@
 COMMANDS is the table of subcommands: for each, the stage module's function that adds its
 options and the one that runs it, named as "module:function" strings and imported only when
 that command is chosen. This file wires them together and turns a TinyGPTError (or a full
-disk, or Ctrl-C) into one line. It imports only `common` and `config`; nothing imports it
+disk, memory running out, Ctrl-C or SIGTERM) into one line. It imports only `common` and `config`; nothing imports it
 but the entry points.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .common import TinyGPTError
+from .common import Terminated, TinyGPTError
 from .config import parse_overrides
 
 
@@ -61,10 +65,17 @@ def _function(name: str):
     return getattr(importlib.import_module(module), function)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (TinyGPTError), not usage and error."""
+
+    def error(self, message: str):
+        raise TinyGPTError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `command`, only that subcommand's module is imported (and torch
     only if it needs it), so `tinygpt prepare` starts fast and stays small."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="tinygpt",
         description="From raw text to a small GPT you trained yourself. "
         "Data flows one way: text -> tokenizer -> token shards -> model -> checkpoint -> samples.",
@@ -83,33 +94,86 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every way it can fail is one line on stderr and an exit code: 2 for bad
+    input (TinyGPTError), 1 for the file system or memory, 130 for Ctrl-C, 143 for SIGTERM, at any
+    moment from the first import on."""
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), "")  # the top level has only flags
-    parser = build_parser(command)
-    args, extra = parser.parse_known_args(argv)
+    prefix = f"tinygpt {command}" if command in {c.name for c in COMMANDS} else "tinygpt"
+    with _sigterm_raises():
+        try:
+            parser = build_parser(command)
+            args, extra = parser.parse_known_args(argv)
+            if extra and not hasattr(args, "config"):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = parse_overrides(extra)
+            return int(args._run(args) or 0)
+        except TinyGPTError as e:
+            return _fail(prefix, f"error: {e}", 2)
+        except Terminated:
+            return _fail(prefix, "terminated", 128 + signal.SIGTERM)
+        except KeyboardInterrupt:
+            return _fail(prefix, "interrupted", 128 + signal.SIGINT)
+        except BrokenPipeError:
+            # The reader left (`| head`): point stdout at /dev/null so the exit-time flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except OSError as e:
+            return _fail(prefix, f"error: {_os_error(e)}", 1)
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            return _fail(prefix, f"error: out of memory: {_first_line(e)} (use a smaller model, batch or context)", 1)
+
+
+def _fail(prefix: str, message: str, code: int) -> int:
+    print(f"{prefix}: {message}", file=sys.stderr)
+    return code
+
+
+def _os_error(e: OSError) -> str:
+    """A file-system error in words, naming the file (common.naming_errors gives writes their file's name)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device while writing {e.filename or 'a file'}"
+    if e.errno == errno.EFBIG:
+        return f"file too large (a file size limit) while writing {e.filename or 'a file'}"
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write {e.filename}: {e.strerror}"
+    return str(e)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether torch (or Python) said a tensor does not fit: CUDA's OutOfMemoryError, the CPU
+    allocator's RuntimeError, or a size whose byte count overflows 64 bits."""
+    signs = ("can't allocate memory", "out of memory", "Storage size calculation overflowed")
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or any(s in str(e) for s in signs)
+
+
+def _first_line(e: BaseException) -> str:
+    """torch's allocator messages, cut to their point (the CPU's starts with a C++ assertion)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split("DefaultCPUAllocator: ")[-1][:300]
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises common.Terminated, as Ctrl-C raises KeyboardInterrupt, so both end a command
+    the same way: its clean-up runs, then one line. Only the main thread can set handlers; a
+    SIGTERM that was ignored when the process started stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL  # None: set outside Python
+    if previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, terminate)
     try:
-        if extra and not hasattr(args, "config"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = parse_overrides(extra)
-        return int(args._run(args) or 0)
-    except TinyGPTError as e:
-        print(f"tinygpt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tinygpt {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader left (`| head`): point stdout at /dev/null so the exit-time flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(f"tinygpt {args.command}: error: no space left on device ({e.filename or 'disk'})", file=sys.stderr)
-        elif e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            print(f"tinygpt {args.command}: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
-        else:
-            print(f"tinygpt {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Small pieces every stage shares: the user-facing error, device choice, atomic writes."""
+"""Small pieces every stage shares: the user-facing errors, device choice, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 
@@ -18,15 +21,37 @@ class TinyGPTError(Exception):
     """A problem the user can fix. The CLI prints it as one line and exits non-zero."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised the way Ctrl-C raises KeyboardInterrupt (so the same clean-up runs); the CLI exits 143."""
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The exception a signal that stops a command becomes: Terminated for SIGTERM, else KeyboardInterrupt."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether `name` is one of DEVICES (whether this machine has it is autodetect_device's question)."""
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,6})?", name) is not None
+
+
 def autodetect_device(requested: str = "auto") -> str:
-    """cuda -> mps -> cpu, so the same command works on a laptop and a GPU box."""
+    """cuda -> mps -> cpu, so the same command works on a laptop and a GPU box.
+
+    Raises TinyGPTError for a name that is not a device, or a device this machine does not have.
+    """
     import torch
 
+    if not is_device_name(requested):
+        raise TinyGPTError(f"unknown device {requested!r} (use {DEVICES})")
     if requested != "auto":
-        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", requested):
-            raise TinyGPTError(f"unknown device {requested!r} (use auto, cpu, cuda, cuda:N or mps)")
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise TinyGPTError(f"device {requested!r} requested but CUDA is not available")
+        if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
+            raise TinyGPTError(f"device {requested!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
         if requested == "mps" and not torch.backends.mps.is_available():
             raise TinyGPTError("device 'mps' requested but MPS is not available")
         return requested
@@ -52,21 +77,59 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tensors). A crash leaves either the old file or the new one, never half of one. When the
     block raises, the temporary file is deleted and `path` is untouched.
 
-    Raises OSError (a full disk, no permission) from the file system, after cleaning up.
+    Raises OSError (a full disk, no permission) from the file system, naming `path`, after cleaning up.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        finally:
-            os.close(fd)
-        yield Path(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
+        with naming_errors(path):  # a write() on a full disk names no file: it is `path`'s
+            try:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+            finally:
+                os.close(fd)
+            yield Path(tmp)
+            fsync_path(tmp)
+            os.replace(tmp, path)
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename == tmp:
+            e.filename = str(path)
         raise
+
+
+@contextlib.contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """An OSError raised inside without a file name (a write() on a full disk has none) gets `path`'s,
+    so the one-line error says which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+def write_file(path: str | Path, data: bytes) -> None:
+    """Write a whole file in place (inside an atomic_folder, which makes the whole folder atomic).
+
+    Raises OSError naming `path` (a full disk, no permission)."""
+    with naming_errors(path), open(path, "wb") as f:
+        f.write(data)
+
+
+def copy_folder(source: str | Path, target: str | Path) -> None:
+    """Copy a folder of small files (a tokenizer) to `target`, which must not exist.
+
+    Raises OSError naming the file being written (shutil.copytree would gather its errors into
+    one shutil.Error holding a list, and name the source file of a failed write).
+    """
+    source, target = Path(source), Path(target)
+    target.mkdir()
+    for path in sorted(source.iterdir()):
+        if path.is_dir():
+            copy_folder(path, target / path.name)
+        else:
+            write_file(target / path.name, path.read_bytes())
 
 
 @contextlib.contextmanager
@@ -79,13 +142,15 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     non-empty one) and the parent folder is flushed, so the rename itself survives a power
     cut. When the block raises, the temporary folder is deleted and `out` is untouched.
     A crash leaves either the old `out` or the new one, never half of one; at worst a
-    `.NAME.*.tmp` sibling, which the next writer of `out` removes.
+    `.NAME.*.tmp` or `.NAME.*.old` sibling, which the next writer of `out` removes.
 
-    Raises OSError (a full disk, no permission) from the file system, after cleaning up.
+    Raises OSError (a full disk, no permission) from the file system, after cleaning up; one
+    about a file in the temporary folder names the file as it would have been called in `out`.
     """
     out = Path(out).resolve()  # also gives "." a name for the sibling
     out.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # left by a writer that was killed
+    leftovers = [out.parent.glob(f".{glob.escape(out.name)}.*.{end}") for end in ("tmp", "old")]
+    for leftover in chain(*leftovers):  # left by a writer that was killed
         shutil.rmtree(leftover, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()  # not tempfile.mkdtemp: its private mode would end up on the folder
@@ -103,8 +168,10 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
         else:
             os.replace(tmp, out)
         fsync_path(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and isinstance(e.filename, str) and Path(e.filename).is_relative_to(tmp):
+            e.filename = str(out / Path(e.filename).relative_to(tmp))
         raise
 
 
@@ -140,10 +207,27 @@ def read_json(path: str | Path, what: str) -> dict:
         raise TinyGPTError(f"{what} is not valid JSON: {path} ({e})") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The objects of a JSON-lines file the project appends to; a line cut short (a killed writer) is skipped."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
+def read_jsonl(path: str | Path, keys: dict[str, type] | None = None) -> list[dict]:
+    """The objects of a JSON-lines file the project appends to, each holding `keys` of their types.
+
+    A last line cut short (a killed writer) is skipped quietly; any other line that is not such an
+    object (not UTF-8, not JSON: a damaged or hand-edited file) is skipped with a warning on stderr,
+    so that what reads the file (resuming, plotting) still works.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    lines.pop()  # what follows the last newline: empty, or a line a killed writer cut short
+    rows, skipped = [], 0
+    for line in filter(None, lines):
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if isinstance(row, dict) and all(isinstance(row.get(key), typ) for key, typ in (keys or {}).items()):
+            rows.append(row)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"warning: skipped {skipped} damaged line(s) of {path}", file=sys.stderr)
     return rows

@@ -3,11 +3,19 @@
 Every value a run depends on lives here, so the resolved config saved beside an output
 is enough to reproduce it. Unknown keys and impossible values are rejected with the
 dotted name of the key, because a typo that silently keeps a default wastes a run.
+
+`Config.validate()` is the one check of every value, whichever way it came in (a TOML file,
+a command-line override, or dataclasses built in Python, which the Trainer, GPT and prepare
+validate): each value has its field's type, every float is finite, every int fits in 64 bits,
+and each section's ranges hold.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import math
+import os
 import sys
 import types
 import typing
@@ -20,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .common import TinyGPTError
+from .common import DEVICES, TinyGPTError, is_device_name
 
 
 @dataclass(frozen=True)
@@ -64,15 +72,23 @@ class ModelConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # training only: they change how the weights start or are trained, never the architecture
+    init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections N(0, 0.02/sqrt(2*n_layer)), zero biases; "pytorch": torch's own
+    embd_dropout: bool = True  # model.dropout also on the embeddings (nanoGPT, llama2.c); the seed had it only in the blocks
+
+    TRAINING_ONLY: typing.ClassVar[tuple[str, ...]] = ("dropout", "init", "embd_dropout")  # may differ from a checkpoint's
 
     def validate(self) -> None:
+        _check_fields(self, "model")
         _check(self.family in FAMILY_RULES, "model.family", f"must be {' or '.join(map(repr, FAMILY_RULES))}")
         rules = FAMILY_RULES[self.family]
         _check(self.activation in ("gelu", "relu"), "model.activation", "must be 'gelu' or 'relu'")
+        _check(self.init in ("gpt2", "pytorch"), "model.init", "must be 'gpt2' or 'pytorch'")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            _check(getattr(self, name) > 0, f"model.{name}", "must be positive")
-        for name in ("vocab_size", "n_kv_head", "head_size", "mlp_hidden"):
-            _check(getattr(self, name) >= 0, f"model.{name}", "must not be negative")
+            _check(0 < getattr(self, name) <= MAX_SIZE, f"model.{name}", f"must be in [1, {MAX_SIZE}]")
+        for name in ("n_kv_head", "head_size", "mlp_hidden"):
+            _check(0 <= getattr(self, name) <= MAX_SIZE, f"model.{name}", f"must be in [0, {MAX_SIZE}]")
+        _check(0 <= self.vocab_size < 2**32, "model.vocab_size", "must be in [0, 2^32)")
         _check(
             self.head_size > 0 or self.n_embd % self.n_head == 0,
             "model.n_head",
@@ -85,6 +101,8 @@ class ModelConfig:
         if rules.rotary:
             _check(self.head_dim % 2 == 0, "model.head_size", "rotary embeddings need an even head size")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(self.norm_eps > 0, "model.norm_eps", "must be positive (it keeps the normalisation from dividing by 0)")
+        _check(self.rope_theta >= 1, "model.rope_theta", "must be at least 1 (rotary frequencies theta^(-2i/d) fall with i)")
 
     @property
     def head_dim(self) -> int:
@@ -106,6 +124,7 @@ class TokenizerConfig:
     train_bytes: int = 200_000_000  # size of the corpus sample the tokenizer is trained on
 
     def validate(self) -> None:
+        _check_fields(self, "tokenizer")
         _check(self.kind in ("char", "bpe", "sentencepiece"), "tokenizer.kind", "must be 'char', 'bpe' or 'sentencepiece'")
         if self.kind == "bpe":
             _check(self.vocab_size >= 258, "tokenizer.vocab_size", "must be at least 258 for byte-level BPE (256 bytes + 1 merge + end-of-text)")
@@ -124,8 +143,9 @@ class DataConfig:
     errors: str = "strict"  # "strict": non-UTF-8 bytes are an error; "replace": U+FFFD
 
     def validate(self) -> None:
+        _check_fields(self, "data")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-        _check(self.workers >= 0, "data.workers", "must not be negative")
+        _check(0 <= self.workers <= MAX_PROCESSES, "data.workers", f"must be in [0, {MAX_PROCESSES}]")
         _check(self.shard_tokens > 0, "data.shard_tokens", "must be positive")
         _check(self.errors in ("strict", "replace"), "data.errors", "must be 'strict' or 'replace'")
         _check(bool(self.text_field), "data.text_field", "must not be empty")
@@ -152,7 +172,7 @@ class TrainConfig:
     log_interval: int = 50
     ckpt_interval: int = 1000
     keep_last: int = 3
-    seed: int = 1337
+    seed: int = 1337  # process r seeds its generators with seed + r: each must be in [0, 2^32) (numpy's range)
     device: str = "auto"
     dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
     compile: str = "auto"  # "auto" (on for CUDA), "on", "off"
@@ -160,10 +180,14 @@ class TrainConfig:
     sample_tokens: int = 200  # length of the sample written at every evaluation (RUN/samples.jsonl) and printed at the end; 0: none
 
     def validate(self) -> None:
+        _check_fields(self, "train")
         for name in ("batch_size", "grad_accum", "eval_interval", "log_interval", "ckpt_interval"):
             _check(getattr(self, name) > 0, f"train.{name}", "must be positive")
-        for name in ("max_iters", "max_tokens", "warmup_iters", "eval_windows", "keep_last", "threads", "sample_tokens"):
+        for name in ("max_iters", "max_tokens", "warmup_iters", "eval_windows", "keep_last", "sample_tokens"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must not be negative")
+        _check(0 <= self.threads <= MAX_PROCESSES, "train.threads", f"must be in [0, {MAX_PROCESSES}]")
+        self.check_seed(world_size=1)
+        _check(is_device_name(self.device), "train.device", f"must be {DEVICES}, not {self.device!r}")
         _check(self.lr > 0, "train.lr", "must be positive")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", "must be in [0, lr]")
         _check(self.schedule in ("constant", "cosine"), "train.schedule", "must be 'constant' or 'cosine'")
@@ -174,6 +198,12 @@ class TrainConfig:
         _check(self.compile in ("auto", "on", "off"), "train.compile", "must be auto, on or off")
         if self.max_time:
             parse_duration(self.max_time, "train.max_time")
+
+    def check_seed(self, world_size: int) -> None:
+        """Raise TinyGPTError unless every process's seed, seed + rank for ranks [0, world_size), is in [0, 2^32)."""
+        _check(self.seed >= 0, "train.seed", "must not be negative")
+        last = "" if world_size == 1 else f" + {world_size - 1} (one seed per process, seed + rank)"
+        _check(self.seed + world_size - 1 < 2**32, "train.seed", f"{last} must be below 2^32".lstrip())
 
 
 @dataclass
@@ -192,13 +222,49 @@ class Config:
         return dataclasses.asdict(self)
 
 
+MAX_SIZE = 2**24  # the largest model dimension (context, width, layers, heads): far past any real model, and
+# small enough that no product of two of them overflows 64 bits: too large a model fails as out of memory
+MAX_PROCESSES = 1024  # the most worker processes or threads asked for
+
+
+def differences(a, b, prefix: str = "") -> list[str]:
+    """The keys whose values differ between two configs (or two sections of one kind), each as
+    "key a -> b", e.g. differences(saved.model, wanted.model, "model.") == ["model.n_layer 2 -> 4"]."""
+    found = []
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x):
+            found += differences(x, y, f"{prefix}{f.name}.")
+        elif x != y:
+            found.append(f"{prefix}{f.name} {x!r} -> {y!r}")
+    return found
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise TinyGPTError(f"config: {key} {message}")
 
 
+def _check_fields(section, name: str) -> None:
+    """Every field of a config section has its annotated type (an int may stand for a float), every
+    float is finite and every int fits in 64 bits. Raises TinyGPTError naming the key."""
+    for f in dataclasses.fields(section):
+        value, typ, key = getattr(section, f.name), _field_type(section, f.name), f"{name}.{f.name}"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = isinstance(value, typ) and (typ is bool or not isinstance(value, bool)) or typ is float and number
+        _check(fits, key, f"must be {typ.__name__}, got {value!r}")
+        if typ is float:
+            finite = math.isfinite(value) if isinstance(value, float) else abs(value) < 2**63
+            _check(finite, key, f"must be a finite number, got {value!r}")
+        elif typ is int:
+            _check(-(2**63) <= value < 2**63, key, f"must fit in 64 bits, got {value}")
+
+
 def parse_duration(text: str, key: str = "duration") -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
+    """'90s', '10m', '1.5h' or plain seconds -> seconds, a positive finite float.
+
+    Raises TinyGPTError for anything else (nan, inf, 1e400s, 0, -5m, 'soon').
+    """
     units = {"s": 1, "m": 60, "h": 3600}
     text = text.strip()
     scale = units.get(text[-1:], None)
@@ -207,8 +273,8 @@ def parse_duration(text: str, key: str = "duration") -> float:
         seconds = float(number) * (scale or 1)
     except ValueError:
         raise TinyGPTError(f"config: {key} {text!r} is not a duration like 90s, 10m or 1h") from None
-    if seconds <= 0:
-        raise TinyGPTError(f"config: {key} must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise TinyGPTError(f"config: {key} must be a positive finite duration, got {text!r}")
     return seconds
 
 
@@ -224,11 +290,22 @@ def preset_names() -> list[str]:
     return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.toml")})
 
 
+def is_preset_name(name: str) -> bool:
+    """Whether a --config argument names a preset: no path separator and no .toml ending.
+    Anything else is a TOML file's path, so a folder called like a preset never shadows it."""
+    separators = {os.sep, os.altsep} - {None}
+    return not any(sep in name for sep in separators) and not name.endswith(".toml")
+
+
 def find_preset(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    """The TOML file of a preset name (see is_preset_name) or the TOML path given.
+
+    Raises TinyGPTError for an unknown preset or a path that is not a file.
+    """
+    if not is_preset_name(name_or_path):
+        path = Path(name_or_path)
         if not path.is_file():
-            raise TinyGPTError(f"config file not found: {path}")
+            raise TinyGPTError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
         return path
     for d in CONFIG_DIRS:
         if (d / f"{name_or_path}.toml").is_file():
@@ -271,7 +348,10 @@ def apply_dict(obj, data: dict, prefix: str, source: str = "config") -> None:
                 raise TinyGPTError(f"{source}: {dotted!r} must be a table")
             apply_dict(current, value, f"{dotted}.", source)
         else:
-            setattr(obj, key, _coerce(value, _field_type(obj, key), dotted))
+            typ = _field_type(obj, key)
+            # TOML writes 3e-4 but also 1 for a float; everything else is checked by validate()
+            number = isinstance(value, int) and not isinstance(value, bool)
+            setattr(obj, key, float(value) if typ is float and number else value)
 
 
 def set_value(cfg: Config, dotted: str, raw: str) -> None:
@@ -296,15 +376,9 @@ def _field_type(obj, name: str) -> type:
     return t
 
 
-def _coerce(value, typ: type, key: str):
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is bool and not isinstance(value, bool) or typ is not bool and isinstance(value, bool) or not isinstance(value, typ):
-        raise TinyGPTError(f"config: {key!r} must be {typ.__name__}, got {value!r}")
-    return value
-
-
 def _parse_text(raw: str, typ: type, key: str):
+    """A command-line value as the field's type; ranges are validate()'s. An int may be written
+    1_000_000 or 1e6, but must be a whole number (1e-3 is refused, not rounded to 0)."""
     try:
         if typ is bool:
             if raw.lower() in ("true", "1", "yes", "on"):
@@ -313,10 +387,17 @@ def _parse_text(raw: str, typ: type, key: str):
                 return False
             raise ValueError
         if typ is int:
-            return int(float(raw)) if "e" in raw.lower() else int(raw.replace("_", ""))
+            number = decimal.Decimal(raw.replace("_", ""))
+            if not number.is_finite():
+                raise ValueError
+            if number.adjusted() > 18 or not -(2**63) <= int(number) < 2**63:  # 1e999999999: no billion digits
+                raise TinyGPTError(f"config: {key} must fit in 64 bits, got {raw}")
+            if number != int(number):
+                raise ValueError
+            return int(number)
         return typ(raw)
-    except ValueError:
-        raise TinyGPTError(f"config: {key!r} must be {typ.__name__}, got {raw!r}") from None
+    except (ValueError, decimal.InvalidOperation):
+        raise TinyGPTError(f"config: {key} must be {typ.__name__}, got {raw!r}") from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

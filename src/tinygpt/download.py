@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .common import TinyGPTError
+from .common import TinyGPTError, naming_errors
 
 BASE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 BLOCK_BYTES = 1 << 20
@@ -150,7 +150,7 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool) -> None:
             raise TinyGPTError(f"{url} has {total:,} bytes, expected {size:,}")
         expected = size if size is not None else total
         bar = tqdm(total=expected, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], disable=None if progress else True)
-        with open(part, "ab" if have else "wb") as f, bar:
+        with naming_errors(part), open(part, "ab" if have else "wb") as f, bar:
             while True:
                 try:
                     block = response.read(BLOCK_BYTES)

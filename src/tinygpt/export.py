@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .checkpoint import read_progress
-from .common import TinyGPTError, atomic_folder, read_json
+from .common import TinyGPTError, atomic_folder, read_json, write_file
 from .config import ModelConfig
 from .gguf_export import DTYPES, export_gguf, export_ollama, summary_lines
 from .run import find_checkpoint, is_best, load_model
@@ -93,7 +93,7 @@ def _gpt2_config(cfg: ModelConfig) -> dict:
         "activation_function": "gelu_pytorch_tanh" if cfg.activation == "gelu" else "relu",
         "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout if cfg.embd_dropout else 0.0,
         "attn_pdrop": cfg.dropout,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
@@ -404,7 +404,7 @@ def _write_folder(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
     check_replaceable(out, EXPORT_FILES, overwrite)
     with atomic_folder(out) as tmp:
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            write_file(tmp / name, data)
 
 
 def check_replaceable(out: Path, export_files: tuple[str, ...], overwrite: bool) -> None:

@@ -145,7 +145,8 @@ def check_exportable(cfg: ModelConfig) -> GGUFFamily:
     """The GGUF spelling of `cfg`'s family, or a TinyGPTError naming what llama.cpp cannot compute and why."""
     defaults = ModelConfig()
     for f in dataclasses.fields(ModelConfig):
-        if f.name not in CHECKED_FIELDS and getattr(cfg, f.name) != getattr(defaults, f.name):
+        unchecked = f.name not in CHECKED_FIELDS and f.name not in ModelConfig.TRAINING_ONLY  # those never change inference
+        if unchecked and getattr(cfg, f.name) != getattr(defaults, f.name):
             raise TinyGPTError(f"cannot export to GGUF: model.{f.name} = {getattr(cfg, f.name)!r} is not known to run the same in llama.cpp")
     family = GGUF_FAMILIES[cfg.family]
     why = family.refusal(cfg)

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import add_config_arguments, load_config
+from .common import TinyGPTError, read_json
+from .config import add_config_arguments, is_preset_name, load_config, preset_names
 from .model import GPT
-from .run import find_checkpoint
+from .run import find_checkpoint, is_run_or_checkpoint
 from .tokenizers import META_FILE
 
 CHAR_VOCAB_GUESS = 236  # characters in the full TinyStories training text: a char preset's size before data is seen
@@ -63,22 +64,29 @@ def add_info_arguments(p) -> None:
 
 
 def run_info(args) -> int:
+    """What the target names decides (a folder holding a run or checkpoint is that, whatever its
+    name; else a name without a path separator and .toml is a preset; else a TOML file)."""
     target = Path(args.target)
     facts: dict = {}
-    if target.is_dir():
+    if is_run_or_checkpoint(target):
         folder = find_checkpoint(target)
         progress = ckpt.read_progress(folder)
         cfg = load_config(None, args.overrides, base=ckpt.read_config(folder).to_dict())
-        tok = json.loads((folder / ckpt.TOKENIZER / META_FILE).read_text(encoding="utf-8"))
+        tok = read_json(folder / ckpt.TOKENIZER / META_FILE, "tokenizer description")
         facts.update(
             checkpoint=str(folder),
-            tokenizer=f"{tok['kind']}, {tok['vocab_size']} tokens",
+            tokenizer=f"{tok.get('kind')}, {tok.get('vocab_size')} tokens",
             data=progress.get("data"),
             step=progress.get("step"),
             tokens_seen=progress.get("tokens"),
             best_val_bpb=progress.get("best_val_bpb"),
         )
     else:
+        known = args.target in preset_names() if is_preset_name(args.target) else target.is_file()
+        if not known:
+            raise TinyGPTError(
+                f"{args.target} is neither a run or checkpoint folder nor a preset (presets: {', '.join(preset_names())})"
+            )
         cfg = load_config(args.target, args.overrides)
         if not cfg.model.vocab_size:
             guess = CHAR_VOCAB_GUESS if cfg.tokenizer.kind == "char" else cfg.tokenizer.vocab_size

@@ -39,7 +39,9 @@ class TrainLoader:
         self.batches_drawn = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global batch."""
+        """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global batch.
+
+        Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.read)."""
         global_batch = self.batch_size * self.world_size
         picks = torch.randint(int(self.counts[-1]), (global_batch,), generator=self.generator).numpy()
         picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
@@ -65,11 +67,13 @@ def eval_windows(
     Windows cover tokens [i*T, i*T + T] of each shard, so consecutive windows share one
     token: the last target of one is the first input of the next. A shard's tail shorter
     than a window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
+    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.check_ids).
     """
     taken = 0
     batch: list[np.ndarray] = []
-    for shard in shards.shards:
-        for row in sequence_windows(shard, block_size):
+    for index, shard in enumerate(shards.shards):
+        for i, row in enumerate(sequence_windows(shard, block_size)):
+            shards.check_ids(row, index, i * block_size)
             if batch and len(row) != len(batch[0]):
                 yield _pair(batch)
                 batch = []

@@ -8,30 +8,31 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import TinyGPTError, read_jsonl
+from .common import TinyGPTError, naming_errors, read_jsonl
 from .run import METRICS, PLOT, Run
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The points of RUN/metrics.jsonl; a last line cut short by a killed run is skipped."""
+    """The points of RUN/metrics.jsonl, each with a "kind" and a "step"; damaged lines are skipped (read_jsonl)."""
     path = Run(run_dir).metrics
     if not path.is_file():
         raise TinyGPTError(f"no {METRICS} in {run_dir}: is it a training run folder?")
-    return read_jsonl(path)
+    return read_jsonl(path, {"kind": str, "step": int})
 
 
 def read_samples(run_dir: str | Path) -> list[dict]:
     """RUN/samples.jsonl, oldest first: {"step", "val_bpb", "text"} per evaluation; [] when there is none."""
     path = Run(run_dir).samples
-    return read_jsonl(path) if path.is_file() else []
+    return read_jsonl(path, {"step": int}) if path.is_file() else []
 
 
 def _resumed_lines(path: Path, resume_step: int | None):
     """A JSON-lines file opened for appending: a new run starts it empty; a resumed one keeps the rows
     up to its checkpoint's step, since those after it are about to be written again."""
-    kept = [row for row in read_jsonl(path) if row["step"] <= resume_step] if resume_step is not None and path.is_file() else []
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
-    return path.open("a", encoding="utf-8")
+    kept = [row for row in read_jsonl(path, {"step": int}) if row["step"] <= resume_step] if resume_step is not None and path.is_file() else []
+    with naming_errors(path):
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
+        return path.open("a", encoding="utf-8")
 
 
 class Metrics:
@@ -52,8 +53,10 @@ class Metrics:
             self.tensorboard = None
 
     def write(self, kind: str, step: int, **values) -> None:
-        self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        self.file.flush()
+        """Append one point; raises OSError naming the file (a full disk)."""
+        with naming_errors(self.file.name):
+            self.file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+            self.file.flush()
         if self.tensorboard:
             for key, value in values.items():
                 if isinstance(value, float):
@@ -61,8 +64,9 @@ class Metrics:
 
     def sample(self, step: int, val_bpb: float, text: str) -> None:
         """One row of the samples timeline: the text the model wrote at `step`, and its validation bits per byte then."""
-        self.samples.write(json.dumps({"step": step, "val_bpb": val_bpb, "text": text}, ensure_ascii=False) + "\n")
-        self.samples.flush()
+        with naming_errors(self.samples.name):
+            self.samples.write(json.dumps({"step": step, "val_bpb": val_bpb, "text": text}, ensure_ascii=False) + "\n")
+            self.samples.flush()
 
     def close(self) -> None:
         self.file.close()
@@ -81,7 +85,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for kind, label, style in (("train", "train (one batch)", "-"), ("eval", "validation", "o-")):
-        points = [(r["step"], r["bpb"]) for r in rows if r["kind"] == kind]
+        points = [(r["step"], r["bpb"]) for r in rows if r["kind"] == kind and isinstance(r.get("bpb"), (int, float))]
         if points:
             ax.plot(*zip(*points), style, label=label, markersize=3)
     ax.set_xlabel("step")
@@ -90,7 +94,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     out = Path(out) if out else Run(run_dir).plot
-    fig.savefig(out, dpi=120)
+    with naming_errors(out):
+        fig.savefig(out, dpi=120)
     return out
 
 

@@ -7,7 +7,13 @@
   in float32, a SwiGLU MLP, no biases, optional grouped-query attention.
 
 Dropout (training only) sits in the same four places in both families, as in llama2.c:
-the embeddings, the attention weights, the attention output and the MLP output.
+the embeddings (unless model.embd_dropout is off, as in the seed), the attention weights, the
+attention output and the MLP output.
+
+Initialisation (model.init): "gpt2" draws every Linear and Embedding weight from N(0, 0.02), the
+projections that write into the residual stream from N(0, 0.02/sqrt(2 * n_layer)) (GPT-2 paper),
+biases 0; "pytorch" keeps torch's defaults, as the seed model had them: Linear weights and biases
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)), Embedding N(0, 1), norm gains 1 and biases 0.
 
 Each family is one class (GPT2Model, LlamaModel: its parts, chosen once) and one entry in
 FAMILIES; GPT asks the family for what differs and never tests the name. Its config rules
@@ -397,7 +403,7 @@ class GPT2Model(Family):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
         self.wpe = LearnedPositions(cfg)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout if cfg.embd_dropout else 0.0)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.head_bias = cfg.bias_head
@@ -420,7 +426,7 @@ class LlamaModel(Family):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.rotary_emb = RotaryPositions(cfg)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout if cfg.embd_dropout else 0.0)
         self.layers = nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
 
@@ -453,12 +459,13 @@ class GPT(nn.Module):
         for i, attn in enumerate(m for m in self.modules() if isinstance(m, CausalSelfAttention)):
             attn.layer = i
 
-        self.apply(self._init_weights)
-        # Projections that write into the residual stream are scaled down so that its
-        # variance does not grow with depth (GPT-2 paper): 2 such writes per layer.
-        for name, p in self.named_parameters():
-            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.init == "gpt2":  # "pytorch": the modules have initialised themselves
+            self.apply(self._init_weights)
+            # Projections that write into the residual stream are scaled down so that its
+            # variance does not grow with depth (GPT-2 paper): 2 such writes per layer.
+            for name, p in self.named_parameters():
+                if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @property
     def trunk(self) -> Family:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json
+from .common import TinyGPTError, atomic_folder, atomic_write_bytes, atomic_write_json, interrupt_for
 from .config import Config, add_config_arguments, dump_toml, load_config
 from .documents import read_documents, resolve_inputs
 from .shards import CONFIG, MANIFEST, MANIFEST_VERSION, SPLITS, TOKENIZER, ShardWriter, is_prepared, tokenizer_dir
@@ -147,8 +147,7 @@ _worker_encoder: ChunkEncoder | None = None
 
 def _start_worker(tokenizer_dir: str, dtype: str) -> None:
     global _worker_encoder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
-    # One thread per process: the processes are the parallelism, more threads would only compete.
+    # (SIGINT and SIGTERM are ignored from the start: see _children_ignore_signals.) One thread per process: the processes are the parallelism, more threads would only compete.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     _worker_encoder = ChunkEncoder(load_tokenizer(tokenizer_dir), dtype)
@@ -174,7 +173,8 @@ def encode_chunks(chunks: Iterable[Chunk], tokenizer_dir: Path, dtype: str, work
         try:
             for chunk in chunks:
                 interrupted.check()
-                pending.append(pool.submit(_encode_in_worker, chunk))
+                with _children_ignore_signals():  # submit starts the worker processes, as they are needed
+                    pending.append(pool.submit(_encode_in_worker, chunk))
                 if len(pending) >= 2 * workers:
                     encoded = pending.popleft().result()
                     interrupted.check()
@@ -184,27 +184,32 @@ def encode_chunks(chunks: Iterable[Chunk], tokenizer_dir: Path, dtype: str, work
                 interrupted.check()
                 yield encoded
         except BrokenProcessPool:
+            interrupted.check()  # a signal meant for this process that also reached a worker
             raise TinyGPTError("an encoding worker process died (out of memory?); try fewer --workers") from None
         finally:
             for future in pending:
                 future.cancel()
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _Interrupts:
     def __init__(self):
-        self.received = False
+        self.received: int | None = None  # the first stop signal received
 
     def handle(self, signum, frame) -> None:
-        self.received = True
+        self.received = self.received or signum
 
     def check(self) -> None:
+        """Raise KeyboardInterrupt (SIGINT) or common.Terminated (SIGTERM) once one was received."""
         if self.received:
-            raise KeyboardInterrupt
+            raise interrupt_for(self.received)
 
 
 @contextlib.contextmanager
 def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
-    """Ctrl-C (SIGINT) only sets a flag, which check() turns into KeyboardInterrupt between chunks.
+    """Ctrl-C (SIGINT) and SIGTERM only set a flag, which check() turns into an exception between chunks.
 
     Raised wherever the main thread happens to be, it can land inside the process pool's own
     bookkeeping (a half-written wake-up message) and leave the pool waiting forever.
@@ -213,11 +218,33 @@ def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield interrupts
         return
-    previous = signal.signal(signal.SIGINT, interrupts.handle)
+    previous = {s: signal.signal(s, interrupts.handle) for s in _STOP_SIGNALS}
     try:
         yield interrupts
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _children_ignore_signals() -> Iterator[None]:
+    """Processes started inside ignore SIGINT and SIGTERM for their whole life: an ignored signal
+    stays ignored through exec, and Python keeps it so. A Ctrl-C or a SIGTERM sent to the whole
+    process group then reaches only this process, which stops the pool cleanly, where a worker
+    would print a traceback or die and leave the pool broken. Meanwhile this process blocks the
+    two signals and takes them after (Linux keeps a blocked signal pending even while it is ignored).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def available_cpus() -> int:
@@ -244,7 +271,9 @@ def prepare(
 
     The folder is built under a temporary name beside `out` and renamed when complete. An
     existing `out` is replaced only with `force`, and only if it is a prepared folder itself.
+    Raises TinyGPTError for an invalid config (validated here, as the command line does) or input.
     """
+    cfg.validate()
     out = Path(out).resolve()  # also gives "." or ".." a name for the temporary sibling
     _check_out(out, force)
     train_paths = resolve_inputs(inputs, exclude=out)

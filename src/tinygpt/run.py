@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .common import TinyGPTError, atomic_write_json
+from .common import TinyGPTError, atomic_write_json, read_json
 from .config import Config
 
 START = "run.json"
@@ -140,6 +140,22 @@ class Run:
         }
         atomic_write_json(self.start, record)
 
+    def read_start(self) -> dict | None:
+        """run.json as record_start wrote it ("config" a dict, "data" a path, "init_from" a path or
+        None), or None when the run recorded no start. Raises TinyGPTError when it is damaged."""
+        if not self.start.is_file():
+            return None
+        record = read_json(self.start, "run start record")
+        if not isinstance(record, dict) or record.get("format_version") != START_FORMAT_VERSION:
+            raise TinyGPTError(f"{self.start} is not a start record this tinygpt reads (format {START_FORMAT_VERSION})")
+        kinds = {"config": (dict,), "data": (str,), "init_from": (str, type(None))}
+        wrong = [key for key, types in kinds.items() if not isinstance(record.get(key, 0), types)]
+        if wrong:
+            raise TinyGPTError(
+                f"{self.start} lacks or has damaged {', '.join(wrong)}: start the run again without --resume auto"
+            )
+        return record
+
     def save(self, step: int, state: dict, config_toml: str, tokenizer_dir: str | Path) -> Path:
         """Write the resumable checkpoint of `step`, then drop all but the keep_last newest.
 
@@ -158,12 +174,16 @@ class Run:
         return ckpt.save_checkpoint(self.best, weights_only, config_toml, tokenizer_dir)
 
     def prune(self) -> None:
-        """Keep the `keep_last` newest step checkpoints (0: all), and drop half-written leftovers."""
-        for leftover in (self.folder / CHECKPOINTS).glob(".*.tmp"):
+        """Keep the `keep_last` newest step checkpoints (0: all), each dropped marker first (see
+        checkpoint.delete_checkpoint), and drop leftovers: half-written folders, and step folders
+        without a marker (only a deletion cut short leaves one: writers fill a temporary folder)."""
+        folder = self.folder / CHECKPOINTS
+        leftovers = [*folder.glob(".*.tmp"), *(p for p in folder.glob(f"{_STEP_PREFIX}*") if not ckpt.is_complete(p))]
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
         if self.keep_last:
             for path in self.checkpoints()[: -self.keep_last]:
-                shutil.rmtree(path)
+                ckpt.delete_checkpoint(path)
 
 
 # ---------------------------------------------------------------- opening a run or checkpoint
@@ -184,24 +204,40 @@ def is_best(checkpoint: str | Path) -> bool:
     return Path(checkpoint).name == BEST
 
 
+def is_run_or_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a folder that holds a run (its start record, checkpoints or best/) or is a checkpoint.
+
+    This decides what a name on the command line means: such a folder is that run, whatever else
+    the name could be (a preset's, say)."""
+    path, run = Path(path), Run(path)
+    marks = (path / ckpt.MARKER, path / ckpt.STATE, run.start, path / CHECKPOINTS, run.best)
+    return path.is_dir() and (any(mark.exists() for mark in marks) or _STEP_NAME.fullmatch(path.name) is not None)
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder as given, or for a run folder its best/ checkpoint, else its newest one.
 
-    Raises TinyGPTError when there is none, naming an interrupted writer for a step folder without its marker.
+    Raises TinyGPTError when there is none: for a folder that is neither a run nor a checkpoint,
+    a run stopped before its first checkpoint, or a step folder without its marker.
     """
     path = Path(path)
     if ckpt.is_complete(path):
         return path
+    if not is_run_or_checkpoint(path):
+        missing = "" if path.is_dir() else " (it does not exist)" if not path.exists() else " (it is a file)"
+        raise TinyGPTError(f"{path} is not a run or checkpoint folder{missing}")
     run = Run(path)
     if ckpt.is_complete(run.best):
         return run.best
     latest = run.latest()
     if latest is None:
-        if path.is_dir() and path.name.startswith(_STEP_PREFIX):
+        if _STEP_NAME.fullmatch(path.name):
             raise TinyGPTError(
                 f"{path} is an incomplete checkpoint (no {ckpt.MARKER} marker): its writer was interrupted"
             )
-        raise TinyGPTError(f"no checkpoint found in {path}")
+        raise TinyGPTError(
+            f"the run {path} has no checkpoint yet: continue it with 'tinygpt train --out {path} --resume auto'"
+        )
     return latest
 
 

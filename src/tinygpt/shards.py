@@ -11,23 +11,28 @@ A prepared folder, written by `tinygpt prepare` and read by the loader, `train`,
     val_000000.bin
 
 This module alone spells those names. Shards are read with numpy.memmap, so memory use does not
-depend on the corpus size.
+depend on the corpus size. What is read is checked where it enters: the manifest's whole schema
+when it is read, each shard's size against the manifest when a split is opened, and the token ids
+of every window read (ShardSet.read) against the vocabulary: a cheap max over a batch, where
+scanning every shard at open would cost a pass over the corpus each time a run starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .common import TinyGPTError, read_json
+from .common import TinyGPTError, naming_errors, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer"
 SPLITS = ("train", "val")
+DTYPES = ("uint16", "uint32")  # unsigned token ids: uint16 while the vocabulary fits in it
 
 
 def shard_name(split: str, index: int) -> str:
@@ -56,12 +61,47 @@ def read_manifest(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise TinyGPTError(f"prepared data folder not found: {folder}")
     manifest = read_json(folder / MANIFEST, "prepared-data manifest (run 'tinygpt prepare' first)")
-    if manifest.get("format_version") != MANIFEST_VERSION:
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != MANIFEST_VERSION:
         raise TinyGPTError(
-            f"{folder / MANIFEST} has format version {manifest.get('format_version')!r}; "
+            f"{folder / MANIFEST} has format version {version!r}; "
             f"this tinygpt reads version {MANIFEST_VERSION}: prepare the data again"
         )
+    _check_manifest(manifest, folder / MANIFEST)
     return manifest
+
+
+def _check_manifest(manifest: dict, path: Path) -> None:
+    """Raise TinyGPTError, naming the first key that is wrong, unless `manifest` has read_manifest's layout."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise TinyGPTError(f"{path} is damaged: {what}; prepare the data again")
+
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    dtype, vocab_size = manifest.get("dtype"), manifest.get("vocab_size")
+    need(dtype in DTYPES, f"dtype {dtype!r} is not an unsigned token dtype ({' or '.join(DTYPES)})")
+    need(count(vocab_size) and 0 < vocab_size <= np.iinfo(dtype).max + 1, f"vocab_size {vocab_size!r} does not fit {dtype}")
+    need(count(manifest.get("eot_id")) and manifest["eot_id"] < vocab_size, f"eot_id {manifest.get('eot_id')!r} is not a token id")
+    for key in ("tokenizer_kind", "tokenizer_hash"):
+        need(isinstance(manifest.get(key), str), f"{key} is not a string")
+    need(count(manifest.get("source_bytes")), "source_bytes is not a count")
+    splits = manifest.get("splits")
+    need(isinstance(splits, dict) and all(isinstance(splits.get(split), dict) for split in SPLITS), "splits lacks train or val")
+    for split in SPLITS:
+        info = splits[split]
+        for key in ("tokens", "documents", "text_bytes", "unknown"):
+            need(count(info.get(key)), f"splits.{split}.{key} is not a count")
+        shards = info.get("shards")
+        need(isinstance(shards, list) and all(isinstance(shard, dict) for shard in shards), f"splits.{split}.shards is not a list")
+        for shard in shards:
+            name = shard.get("file")
+            plain = isinstance(name, str) and re.fullmatch(r"[\w-][\w.-]*\.bin", name) is not None
+            need(plain, f"shard file {name!r} is not a .bin file's name in the folder")
+            need(count(shard.get("tokens")), f"shard {name} has no token count")
+        need(sum(shard["tokens"] for shard in shards) == info["tokens"], f"splits.{split}.tokens is not the sum of its shards'")
 
 
 class ShardWriter:
@@ -81,7 +121,8 @@ class ShardWriter:
                 self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": 0})
                 self._file = open(self.folder / self.shards[-1]["file"], "wb")  # noqa: SIM115 (closed in _finish)
             room = self.shard_tokens - self.shards[-1]["tokens"]
-            self._file.write(tokens[:room])
+            with naming_errors(self._file.name):
+                self._file.write(tokens[:room])
             self.shards[-1]["tokens"] += min(room, tokens.size)
             tokens = tokens[room:]
             if self.shards[-1]["tokens"] == self.shard_tokens:
@@ -93,9 +134,10 @@ class ShardWriter:
         return self.shards
 
     def _finish(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        with naming_errors(self._file.name):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         self._file = None
 
 
@@ -112,9 +154,17 @@ class ShardSet:
         self.shards = []
         for shard in info["shards"]:
             path = folder / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
-                raise TinyGPTError(f"shard {path} is missing or has the wrong size: prepare the data again")
-            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+            if not path.is_file():
+                raise TinyGPTError(f"shard {path} is missing: prepare the data again")
+            size, expected = path.stat().st_size, shard["tokens"] * dtype.itemsize
+            if size != expected:
+                raise TinyGPTError(
+                    f"shard {path} has {size:,} bytes where its manifest says {expected:,} "
+                    f"({shard['tokens']:,} {dtype} tokens): prepare the data again"
+                )
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype))
+        self.folder = folder
+        self.vocab_size = self.manifest["vocab_size"]
         self.split = split
         self.tokens = int(info["tokens"])
         self.text_bytes = int(info["text_bytes"])
@@ -124,4 +174,18 @@ class ShardSet:
         return np.cumsum([max(0, len(s) - length + 1) for s in self.shards])
 
     def read(self, shard: int, start: int, length: int) -> np.ndarray:
-        return np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
+        """Tokens [start, start + length) of shard number `shard`, as int64 (length,); raises
+        TinyGPTError for an id past the vocabulary (check_ids)."""
+        ids = np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
+        self.check_ids(ids, shard, start)
+        return ids
+
+    def check_ids(self, ids: np.ndarray, shard: int, start: int) -> None:
+        """Raise TinyGPTError when `ids`, read from shard number `shard` at `start`, hold an id past the
+        vocabulary: a damaged or hand-edited shard, which the model's embedding would index out of range."""
+        if ids.size and ids.max() >= self.vocab_size:
+            first = int(np.argmax(ids >= self.vocab_size))
+            raise TinyGPTError(
+                f"shard {self.folder / self.manifest['splits'][self.split]['shards'][shard]['file']} holds token id "
+                f"{ids[first]} at position {start + first:,}, past the vocabulary of {self.vocab_size}: prepare the data again"
+            )

@@ -31,8 +31,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from .common import TinyGPTError, autodetect_device
-from .config import Config, TrainConfig, add_config_arguments, dump_toml, load_config, parse_duration
+from .common import TinyGPTError, autodetect_device, interrupt_for
+from .config import Config, TrainConfig, add_config_arguments, differences, dump_toml, load_config, parse_duration
 from .distributed import (
     Dist,
     all_reduce_sum,
@@ -53,6 +53,17 @@ from .tokenizers import load_tokenizer
 
 CALIBRATION_STEPS = 3  # timed steps that turn a wall-clock budget into a step count
 BUDGET_KEYS = ("max_iters", "max_tokens", "max_time")
+# What a resumed run reads from its checkpoint's state.json (Trainer.state_dict's "progress"), with the JSON types
+PROGRESS = {
+    "step": (int,),
+    "max_steps": (int, type(None)),
+    "tokens": (int,),
+    "elapsed_s": (int, float),
+    "best_val_bpb": (int, float, type(None)),
+    "grad_scaler": (dict,),
+    "tokenizer_hash": (str,),
+    "data": (str,),
+}
 
 # ---------------------------------------------------------------- pure pieces: schedule, budget, precision
 
@@ -134,6 +145,8 @@ class Trainer:
     resume: a checkpoint folder to continue exactly (same step, optimizer, random streams).
     init_from: a checkpoint folder whose weights start a new run (fine-tuning): fresh
     optimizer and step 0. Either must match the data's tokenizer and the config's architecture.
+    Raises TinyGPTError for an invalid config (it is validated here, as the command line does),
+    data or checkpoint.
     """
 
     def __init__(
@@ -146,10 +159,11 @@ class Trainer:
         init_from: str | Path | None = None,
         dist: Dist | None = None,
     ):
-        self.cfg, t = cfg, cfg.train
+        self.cfg, t = cfg.validate(), cfg.train
         self.data_dir = Path(data_dir)
         self.run = Run(run_dir, ckpt_interval=t.ckpt_interval, keep_last=t.keep_last)
         self.dist = dist or Dist(device=autodetect_device(t.device))
+        t.check_seed(self.dist.world_size)
         self.device = self.dist.device
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -187,7 +201,7 @@ class Trainer:
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.max_steps: int | None = None  # resolved in fit() when the budget is wall-clock time
         if resume:
-            self.load_state_dict(ckpt.read_training_state(start, self.dist.rank, self.dist.world_size))
+            self._resume(start)
             self._keep_or_reset_budget(saved.train)
         else:
             if init_from:
@@ -211,7 +225,7 @@ class Trainer:
     def _resolve_tokenizer(self, cfg: Config) -> None:
         """The data decides the tokenizer: record it in the config, which is saved with every checkpoint."""
         manifest = self.train_shards.manifest
-        if self.tokenizer.hash != manifest["tokenizer_hash"]:
+        if self.tokenizer.hash != manifest["tokenizer_hash"] or self.tokenizer.vocab_size != manifest["vocab_size"]:
             raise TinyGPTError(
                 f"{self.data_dir}/tokenizer is not the tokenizer its shards were made with: prepare again"
             )
@@ -227,7 +241,7 @@ class Trainer:
 
     def _check_tokenizer(self, folder: Path) -> None:
         """A model knows token ids only: data from another tokenizer would be noise to it."""
-        saved = ckpt.read_progress(folder)["tokenizer_hash"]
+        saved = ckpt.read_progress(folder, {"tokenizer_hash": PROGRESS["tokenizer_hash"]})["tokenizer_hash"]
         if saved != self.tokenizer.hash:
             raise TinyGPTError(
                 f"the data in {self.data_dir} was tokenized with another tokenizer than the checkpoint {folder} "
@@ -261,6 +275,15 @@ class Trainer:
                 "data": str(self.data_dir.resolve()),
             },
         }
+
+    def _resume(self, folder: Path) -> None:
+        """Take the state of a checkpoint folder; raises TinyGPTError naming what does not fit or is damaged."""
+        state = ckpt.read_training_state(folder, self.dist.rank, self.dist.world_size, PROGRESS)
+        ckpt.check_weights(self.model, state["model"], folder)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hand-edited or damaged files
+            raise TinyGPTError(f"{folder} cannot be resumed: its optimizer, random or loader state is damaged ({e!r})") from None
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -501,7 +524,10 @@ class Trainer:
         t = self.cfg.train
         if t.sample_tokens:
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{self.sample_text()}\n---")
-        plot = plot_run(self.run.folder)
+        try:
+            plot = plot_run(self.run.folder)
+        except OSError as e:  # the run is finished and saved: a picture is no reason to fail it
+            plot = f"not drawn ({e.strerror}: {e.filename}; 'tinygpt plot {self.run.folder}' draws it)"
         best = f"{self.run.best_val_bpb:.4f}" if self.run.best_val_bpb is not None else "n/a"
         print(
             f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed)} "
@@ -534,7 +560,7 @@ class Trainer:
 
         def request_stop(signum, frame):
             if self.stop_signal is not None:
-                raise KeyboardInterrupt
+                raise interrupt_for(signum)
             self.stop_signal = signum
             self._print(f"signal {signum}: saving a checkpoint after this step (send it again to quit at once)")
 
@@ -633,18 +659,22 @@ def run_train(args: argparse.Namespace) -> int:
         raise TinyGPTError("--resume continues a run and --init-from starts a new one: give one of them")
     run = Run(args.out) if args.out else Run.of_checkpoint(args.resume) if args.resume else None
     resume = run.resume_point(args.resume) if args.resume else None
-    init_from = find_checkpoint(args.init_from) if args.init_from else None
-    start = resume or init_from
-    if args.config is None and start:  # the checkpoint's own config, with the command line's changes
-        cfg = load_config(None, overrides, base=ckpt.read_config(start).to_dict())
+    record = run.read_start() if args.resume == "auto" and resume is None else None
+    if record:  # stopped before its first checkpoint: it starts again as it was asked
+        cfg, data, init_from = _restart(run, record, args, overrides)
     else:
-        cfg = load_config(args.config or "tiny", overrides)
+        init_from = find_checkpoint(args.init_from) if args.init_from else None
+        if args.config is None and (resume or init_from):  # the checkpoint's own config, with the command line's changes
+            cfg = load_config(None, overrides, base=ckpt.read_config(resume or init_from).to_dict())
+        else:
+            cfg = load_config(args.config or "tiny", overrides)
+        data = args.data or (ckpt.read_progress(resume, {"data": PROGRESS["data"]})["data"] if resume else None)
+    start = resume or init_from
     run = run or Run(Path("runs") / Path(args.config or "tiny").stem)
     if not resume and run.latest():
         raise TinyGPTError(
             f"{run.folder} already holds checkpoints: continue it with --resume auto, or choose another --out"
         )
-    data = args.data or (ckpt.read_progress(resume)["data"] if resume else None)
     if not data:
         raise TinyGPTError("--data FOLDER is required: the prepared token shards to train on")
 
@@ -664,3 +694,23 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         cleanup_distributed()
     return 128 + stopped_by if stopped_by else 0
+
+
+def _restart(run: Run, record: dict, args: argparse.Namespace, overrides: dict[str, str]) -> tuple[Config, str, Path | None]:
+    """The config (with the command line's overrides), data and starting weights of a run stopped
+    before its first checkpoint, from its start record. A --config or --data given again must agree
+    with the record: raises TinyGPTError saying what differs."""
+    cfg = load_config(None, overrides, base=record["config"])
+    if args.config:
+        diffs = differences(cfg, load_config(args.config, overrides))
+        if diffs:
+            raise TinyGPTError(
+                f"--config {args.config} differs from the config {run.start} records (recorded -> given): "
+                f"{', '.join(diffs)}; leave --config out to start the run again as it was"
+            )
+    if args.data and Path(args.data).resolve() != Path(record["data"]):
+        raise TinyGPTError(
+            f"--data {args.data} differs from the data {run.start} records ({record['data']}): "
+            "leave --data out, or start a new run with another --out"
+        )
+    return cfg, record["data"], Path(record["init_from"]) if record["init_from"] else None
