@@ -10,8 +10,13 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+# When this process first imported tinygpt (time.perf_counter seconds): where the wall-clock
+# budget of `tinygpt train` starts, so that importing torch and preparing data spend it too.
+PROCESS_START = time.perf_counter()
 
 
 class TinyGPTError(Exception):
