@@ -1,5 +1,6 @@
 """Data-parallel training through torchrun on the CPU (gloo): two processes with half the batch
-each must train the same model as one process with the whole batch, and resume from their checkpoint."""
+each must train the same model as one process with the whole batch, and resume from their checkpoint;
+with Muon for the hidden matrices and AdamW for the rest."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ SETTINGS = {
     "train.log_interval": "1",
     "train.threads": "1",
     "train.sample_tokens": "0",
+    "train.optimizer": "muon",  # every process steps Muon on the averaged gradients (AdamW takes the rest)
 }
 PER_PROCESS_BATCH = 4
 
