@@ -36,8 +36,9 @@ SETTINGS = {
 }
 # Muon: every process steps it on the averaged gradients. Its Newton-Schulz iterations run in
 # bfloat16 (torch.optim.Muon), which turns the last-bit differences of summing gradients over
-# processes into differences of about 1e-5 in the loss, where AdamW's stay below 1e-6.
-OPTIMIZERS = {"adamw": 1e-5, "muon": 1e-3}
+# processes into differences of about 1e-5 in the loss and 1e-3 in the weights, where AdamW's
+# stay below 1e-6. Tolerances: (loss, weights).
+OPTIMIZERS = {"adamw": (1e-5, 1e-5), "muon": (1e-4, 1e-2)}
 PER_PROCESS_BATCH = 4
 
 
@@ -97,12 +98,12 @@ def test_two_processes_train_like_one_with_the_whole_batch(ddp_run, char_data, t
     cfg = load_config("tiny", {**SETTINGS, "train.optimizer": optimizer, "train.batch_size": str(2 * PER_PROCESS_BATCH)})
     Trainer(cfg, char_data, single).fit()
 
-    ddp, one, tolerance = metrics(ddp_run), metrics(single), OPTIMIZERS[optimizer]
+    ddp, one, (loss_tolerance, weight_tolerance) = metrics(ddp_run), metrics(single), OPTIMIZERS[optimizer]
     assert ddp.keys() == one.keys()
     for key in ddp:
-        assert ddp[key]["loss"] == pytest.approx(one[key]["loss"], abs=tolerance), key
+        assert ddp[key]["loss"] == pytest.approx(one[key]["loss"], abs=loss_tolerance), key
         assert ddp[key]["tokens"] == one[key]["tokens"]
-    assert_close_weights(Run(ddp_run).step_folder(6), Run(single).step_folder(6), atol=tolerance)
+    assert_close_weights(Run(ddp_run).step_folder(6), Run(single).step_folder(6), atol=weight_tolerance)
 
     folder = Run(ddp_run).step_folder(6)
     assert {"rank-00000.safetensors", "rank-00001.safetensors"} <= {p.name for p in folder.iterdir()}
