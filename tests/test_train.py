@@ -316,6 +316,18 @@ def test_time_budget_decisions_replay_on_resume_bit_exact(char_data, tmp_path, s
     assert resumed.budget.decisions == decisions and resumed.step == 48
     assert_same_weights(Run(tmp_path / "straight").latest(), Run(tmp_path / "killed").latest())
 
+    # Resumed from step 20 with 30 s instead of 20: the three decisions so far stay; a new
+    # calibration (4 steps of 0.5 s) at 8 s gives 20 + 22 / 0.5 = 64 steps; the decay starts at 21 s.
+    longer_cfg = tiny(train__max_time="30s", train__schedule="wsd", train__decay_frac=0.3, train__warmup_iters=2,
+                      train__eval_interval=8, train__ckpt_interval=10)  # fmt: skip
+    longer = Trainer(longer_cfg, char_data, tmp_path / "longer", resume=step20, clock=StepClock())
+    longer.fit()
+    assert longer.budget.decisions[:3] == decisions[:3]
+    assert longer.budget.decisions[3] == {
+        "why": "calibration", "step": 20, "elapsed_s": 8.0, "max_steps": 64, "decay_start": None
+    }  # fmt: skip
+    assert longer.step == 64 and longer.decay_start == 46 and longer.elapsed_now() == 30.0
+
 
 def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tmp_path):
     Trainer(tiny(train__max_iters=10, train__eval_interval=10), char_data, tmp_path / "base").fit()

@@ -645,8 +645,8 @@ per step; with --train.schedule wsd the decay starts when the elapsed time reach
 1 - --train.decay_frac of the budget. Every decision is saved in the checkpoints, so a resumed
 run replays those taken before its checkpoint and counts the time of the sessions before it.
 A resumed run given another budget keeps the decisions taken so far (a decay already started
-goes on), times a few steps again and spends what is left of the new budget: with less than
-is already spent, it stops after one step. A step or token budget changed on resume is a new
+goes on), times a few steps again and spends what is left of the new budget (a budget smaller
+than the time already spent: one more step, then the end). A step or token budget changed on resume is a new
 final step, and the schedule stretches or shrinks to it.
 
 checkpoints: RUN/checkpoints/step-NNNNNNNNNN/ every --train.ckpt_interval steps and at the
