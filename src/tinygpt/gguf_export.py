@@ -53,6 +53,13 @@ def _gpt2_refusal(cfg: ModelConfig) -> str | None:
     return None
 
 
+def _llama_refusal(cfg: ModelConfig) -> str | None:
+    """llama.cpp's llama takes any head size, grouped-query attention, theta and eps; its gate is SiLU."""
+    if cfg.activation == "relu2":
+        return "its MLP gate is always SiLU, and this model's is relu2 (model.activation)"
+    return None
+
+
 def _gpt2_layout(module: str, tensor: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Hugging Face's Conv1D weights are stored (in, out): back to nn.Linear's (out, in), as llama.cpp reads them."""
     from .export import CONV1D_SUFFIXES
@@ -127,7 +134,7 @@ GGUF_FAMILIES = {
             "mlp.up_proj": "ffn_up",
             "mlp.down_proj": "ffn_down",
         },
-        refusal=lambda cfg: None,  # llama.cpp's llama takes any head size, grouped-query attention, theta and eps
+        refusal=_llama_refusal,
         layout=_llama_layout,
         hparams=_llama_hparams,
     ),
@@ -138,6 +145,7 @@ GGUF_FAMILIES = {
 CHECKED_FIELDS = {
     "family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_size", "mlp_hidden",
     "activation", "bias_qkv", "bias_proj", "bias_mlp", "bias_head", "tie_weights", "dropout", "rope_theta", "norm_eps",
+    "zero_init_proj",  # an initialisation: the trained weights are all there is
 }  # fmt: skip
 
 
