@@ -53,13 +53,6 @@ def _gpt2_refusal(cfg: ModelConfig) -> str | None:
     return None
 
 
-def _llama_refusal(cfg: ModelConfig) -> str | None:
-    """llama.cpp's llama takes any head size, grouped-query attention, theta and eps; its gate is SiLU."""
-    if cfg.activation == "relu2":
-        return "its MLP gate is always SiLU, and this model's is relu2 (model.activation)"
-    return None
-
-
 def _gpt2_layout(module: str, tensor: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Hugging Face's Conv1D weights are stored (in, out): back to nn.Linear's (out, in), as llama.cpp reads them."""
     from .export import CONV1D_SUFFIXES
@@ -134,7 +127,9 @@ GGUF_FAMILIES = {
             "mlp.up_proj": "ffn_up",
             "mlp.down_proj": "ffn_down",
         },
-        refusal=_llama_refusal,
+        # llama.cpp's llama takes any head size, grouped-query attention, theta and eps; its gate is SiLU
+        refusal=lambda cfg: "its MLP gate is always SiLU, and this model's is relu2 (model.activation)"
+        if cfg.activation == "relu2" else None,
         layout=_llama_layout,
         hparams=_llama_hparams,
     ),
