@@ -1,7 +1,7 @@
 """The ten-minute CPU speedrun: train for a fixed wall-clock time, then bits per byte over ALL of valid.
 
-usage: python bench/speedrun.py [--minutes 10] [--only seed,cpu-10min,recipe] [--threads 2]
-                                [--workdir DIR] [--set KEY=VALUE ...]
+usage: python bench/speedrun.py [--minutes 10 | --tokens N] [--only seed,cpu-10min,recipe] [--threads 2]
+                                [--workdir DIR] [--tag NAME] [--set KEY=VALUE ...]
 
 For each preset asked for (`seed`, `cpu-10min`):
   1. `tinygpt prepare train.txt --val valid.txt --config PRESET` (the preset's tokenizer);
@@ -14,6 +14,10 @@ For each preset asked for (`seed`, `cpu-10min`):
 `recipe` runs ../shared/baselines/seed_recipe.py --seconds 60*N and takes its own val_bpb (its
 timed loop excludes its data preparation and its final evaluation).
 --set KEY=VALUE passes config overrides to the tinygpt presets (for research runs).
+--tokens N trains the presets for a fixed number of tokens instead (train.max_tokens): recipes
+compared at a token budget are compared whatever the machine's load, which decides only how
+long they take (tokens/s and the load average are reported beside the figure). --tag NAME
+names the run folder (run-PRESET-NAME), so tries can share a --workdir and its prepared data.
 Parts run one after another, never side by side: on 2 cores they would slow each other down.
 Prints JSON lines: one per part, then a summary.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,10 +62,14 @@ def exact_bpb(run_dir: Path, data_dir: Path) -> dict:
     return {"checkpoint": final.name, **result}
 
 
-def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides: list[str]) -> dict:
+def run_preset(
+    name: str, minutes: float, threads: int, workdir: Path, overrides: list[str], tokens: int = 0, tag: str = ""
+) -> dict:
     sets = [arg for kv in overrides for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
     tokenizer_sets = "".join(f"-{kv}" for kv in overrides if kv.startswith("tokenizer."))  # data made with them
-    data, run = workdir / f"data-{name}{tokenizer_sets}", workdir / f"run-{name}"
+    data, run = workdir / f"data-{name}{tokenizer_sets}", workdir / f"run-{name}{'-' + tag if tag else ''}"
+    budget = ["--train.max_tokens", str(tokens), "--train.max_time", ""] if tokens else ["--max-time", f"{minutes * 60:g}s"]
+    load_before = os.getloadavg()[0]
     if not is_prepared(data):
         tinygpt("prepare", str(TRAIN), "--val", str(VALID), "--out", str(data), "--config", name, *sets)
     start = time.perf_counter()
@@ -72,8 +81,7 @@ def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides
         str(run),
         "--config",
         name,
-        "--max-time",
-        f"{minutes * 60:g}s",
+        *budget,
         "--train.threads",
         str(threads),
         "--train.sample_tokens",
@@ -83,15 +91,19 @@ def run_preset(name: str, minutes: float, threads: int, workdir: Path, overrides
     wall_s = time.perf_counter() - start  # includes start-up and the end-of-run plot, outside the budget
     train_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in train_rows if r["kind"] == "train"]
+    load_after = os.getloadavg()[0]
     result = exact_bpb(run, data)
     return {
         "part": name,
-        "minutes": minutes,
+        "tag": tag,
+        "minutes": None if tokens else minutes,
         "threads": threads,
         "overrides": overrides,
         "steps": train_rows[-1]["step"],
         "tokens": train_rows[-1]["tokens"],
         "wall_s": round(wall_s, 1),
+        "tokens_per_s": round(sorted(r["tokens_per_s"] for r in train_rows)[len(train_rows) // 2]),  # median
+        "load_1min": [round(load_before, 1), round(load_after, 1)],  # at the start and the end of training
         "val_bpb": round(result["bpb"], 4),
         "val_tokens": result["tokens"],
         "val_bytes": result["bytes"],
@@ -114,6 +126,8 @@ def run_recipe(minutes: float, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--tokens", type=int, default=0, help="a token budget for the presets instead of --minutes")
+    p.add_argument("--tag", default="", help="names the run folders: run-PRESET-TAG")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", help="where data and runs go (default: a temporary folder, removed at the end)")
@@ -138,7 +152,7 @@ def main() -> None:
             if part == "recipe":
                 record = run_recipe(args.minutes, args.threads)
             else:
-                record = run_preset(part, args.minutes, args.threads, workdir, args.set)
+                record = run_preset(part, args.minutes, args.threads, workdir, args.set, args.tokens, args.tag)
             emit(record)
             summary[f"{part}_val_bpb"] = record["val_bpb"]
         emit(summary)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from tinygpt import checkpoint as ckpt
 from tinygpt.common import TinyGPTError
-from tinygpt.config import ModelConfig
+from tinygpt.config import ModelConfig, TrainConfig
 from tinygpt.model import GPT
+from tinygpt.optim import Optimizers, make_optimizer
 from tinygpt.run import Run, find_checkpoint
 
 
@@ -23,13 +24,15 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
     return GPT(cfg)
 
 
-def trained(model: GPT, steps: int = 2) -> torch.optim.AdamW:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+def optimizers(model: GPT) -> Optimizers:
+    """Muon for the hidden matrices and AdamW for the rest: two optimizers, one state dict."""
+    return make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-2), "cpu")
+
+
+def trained(model: GPT, steps: int = 2) -> Optimizers:
+    opt = optimizers(model)
     for _ in range(steps):
-        x = torch.randint(0, 50, (2, 16))
-        model(x, x)[1].backward()
-        opt.step()
-        opt.zero_grad()
+        trained_step(model, opt, torch.randint(0, 50, (2, 16)))
     return opt
 
 
@@ -70,21 +73,24 @@ def test_resumable_checkpoint_round_trip(tmp_path, tokenizer_dir):
     ckpt.restore_rng(state["rank"]["rng"], "cpu")
     assert (random.random(), np.random.rand()) == expected_rng[:2] and torch.equal(torch.rand(3), expected_rng[2])
 
-    # a fresh model and optimizer take the saved state, then step exactly like the originals
+    # a fresh model and optimizers take the saved state, then step exactly like the originals
+    # (Muon's parameter groups have no betas; AdamW's come back as a tuple)
     model2 = tiny_model(seed=5)
     model2.load_state_dict(state["model"])
-    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    opt2 = optimizers(model2)
     opt2.load_state_dict(state["optimizer"])
+    assert opt2.parts["adamw"].param_groups[0]["betas"] == (0.9, 0.95)
+    assert opt2.parts["muon"].state  # its momentum buffers came back
     assert trained_step(model, opt) == trained_step(model2, opt2)
     for p, q in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, q)
 
 
-def trained_step(model, opt) -> float:
-    x = torch.arange(32).reshape(2, 16) % 50
+def trained_step(model, opt: Optimizers, x: torch.Tensor | None = None) -> float:
+    x = torch.arange(32).reshape(2, 16) % 50 if x is None else x
     loss = model(x, x)[1]
     loss.backward()
-    opt.step()
+    opt.step(torch.amp.GradScaler("cpu", enabled=False))
     opt.zero_grad()
     return loss.item()
 

@@ -68,6 +68,8 @@ MODELS = {
         {"family": "llama", "n_kv_head": 2, "head_size": 16, "mlp_hidden": 48, "tie_weights": False},
         "LlamaForCausalLM",
     ),
+    "gpt2-relu2-zero-init": ({"family": "gpt2", "activation": "relu2", "zero_init_proj": True}, "GPT2LMHeadModel"),
+    "llama-relu2-untied": ({"family": "llama", "activation": "relu2", "tie_weights": False}, "LlamaForCausalLM"),
 }
 
 
@@ -132,6 +134,15 @@ def test_refuses_what_gpt2lmheadmodel_cannot_express(char_tokenizer, tmp_path):
     with pytest.raises(TinyGPTError, match="lm_head has no bias"):
         export_hf(GPT(with_head_bias), with_head_bias, char_tokenizer, tmp_path / "bias")
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("option", ["qk_norm", "embed_skip"])
+def test_refuses_the_options_no_stock_class_computes(family, option, char_tokenizer, tmp_path):
+    cfg = tiny_config(char_tokenizer.vocab_size, family=family, **{option: True})
+    with pytest.raises(TinyGPTError, match=rf"^cannot export to \w+: it has no model\.{option} \("):
+        export_hf(GPT(cfg), cfg, char_tokenizer, tmp_path / "out")
+    assert not any(tmp_path.iterdir())
 
 
 def test_refuses_a_tokenizer_of_another_size(char_tokenizer, tmp_path):

@@ -309,6 +309,20 @@ def test_refuses_an_option_it_has_not_checked(gguf_runs, tmp_path, monkeypatch):
         gguf_export.export_gguf(model, model.cfg, tokenizer, tmp_path / "m.gguf", CardInfo())
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"family": "llama", "activation": "relu2"}, "llama.cpp's llama architecture: its MLP gate is always SiLU"),
+        ({"family": "llama", "qk_norm": True}, "GGUF: model.qk_norm = True is not known to run the same in llama.cpp"),
+        ({"family": "gpt2", "embed_skip": True}, "GGUF: model.embed_skip = True is not known to run the same in llama.cpp"),
+    ],
+)
+def test_refuses_the_training_options_llama_cpp_does_not_compute(overrides, message):
+    with pytest.raises(TinyGPTError, match=f"^cannot export to {message}"):
+        gguf_export.check_exportable(ModelConfig(**overrides))
+    assert gguf_export.check_exportable(ModelConfig(family="llama", zero_init_proj=True)).arch == "llama"
+
+
 def test_refuses_a_char_tokenizer_because_llama_cpp_aborts_on_unknown_characters(tmp_path, monkeypatch):
     """The parity test that decides char: written as the SPM vocabulary the issue describes (one piece
     per character, space as "▁", no byte tokens), llama.cpp tokenizes known characters right but aborts

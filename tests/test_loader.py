@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tinygpt.common import TinyGPTError
-from tinygpt.loader import TrainLoader, eval_windows
+from tinygpt.loader import TrainLoader, count_eval_windows, eval_windows
 from tinygpt.shards import ShardSet
 
 
@@ -96,10 +96,15 @@ def test_eval_windows_cover_every_target_once(counting_shards, block_size, batch
     assert len(inputs) == len(expected)
 
 
-def test_eval_windows_prefix_is_fixed(counting_shards):
+def test_eval_windows_sample_is_spread_evenly_and_fixed(counting_shards):
+    """100 windows of 16 (63 in shard 0, 3 in shard 1, 34 in shard 2): a sample of 10 takes every
+    tenth, reaching into the last shard, not the first 10 of shard 0."""
     shards, _ = counting_shards
+    assert count_eval_windows(shards, 16) == 100 == len(list(eval_windows(shards, 16, 1)))
     first = [x for x, _ in eval_windows(shards, 16, 4, max_windows=10)]
     again = [x for x, _ in eval_windows(shards, 16, 4, max_windows=10)]
-    assert sum(len(x) for x in first) == 10
     assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert first[0][0, 0] == 0
+    starts = [int(row[0]) for x in first for row in x]
+    # windows 0, 10, .., 60 of shard 0 (tokens 16 * i), then windows 4, 14, 24 of shard 2 (which starts at token 1037)
+    assert starts == [0, 160, 320, 480, 640, 800, 960, 1037 + 64, 1037 + 224, 1037 + 384]
+    assert len(list(eval_windows(shards, 16, 4, max_windows=1000))) == len(list(eval_windows(shards, 16, 4)))

@@ -46,6 +46,9 @@ FAMILIES = {
                                  tie_weights=False),
     "llama": tiny("llama"),
     "llama-gqa-wide-heads": tiny("llama", n_kv_head=2, head_size=12, tie_weights=False),
+    # the training options of issue 13, all at once
+    "gpt2-qknorm-relu2-skip": tiny("gpt2", qk_norm=True, activation="relu2", embed_skip=True, zero_init_proj=True),
+    "llama-qknorm-relu2-skip": tiny("llama", qk_norm=True, activation="relu2", embed_skip=True, tie_weights=False),
 }
 
 
@@ -134,16 +137,26 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         for h in range(nh):
             g = h // (nh // nkv)  # the key/value head this query head shares
             qh, kh, vh = q[..., h * hs:(h + 1) * hs], k[..., g * hs:(g + 1) * hs], v[..., g * hs:(g + 1) * hs]
+            if cfg.qk_norm and cfg.family == "gpt2":  # llama's are normalised before the rotation
+                qh, kh = unit_rms(qh), unit_rms(kh)
             scores = (qh @ kh.transpose(1, 2) / math.sqrt(hs)).masked_fill(~causal, float("-inf"))
             heads.append(scores.softmax(-1) @ vh)
         return torch.cat(heads, -1)
 
+    def unit_rms(t):  # one head's vectors (..., hs)
+        return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+
+    def skip(x, x0, prefix, i):
+        return x + sd[prefix + "embed_skip.weight"][i] * x0 if cfg.embed_skip else x
+
+    relu2 = lambda x: F.relu(x) ** 2
     if cfg.family == "gpt2":
-        act = (lambda x: F.gelu(x, approximate="tanh")) if cfg.activation == "gelu" else F.relu
+        act = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "relu2": relu2}[cfg.activation]
         def ln(x, name):
             return F.layer_norm(x, (C,), sd[name + ".weight"], sd[name + ".bias"], cfg.norm_eps)
-        x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+        x = x0 = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
         for i in range(cfg.n_layer):
+            x = skip(x, x0, "transformer.", i)
             p = f"transformer.h.{i}."
             q, k, v = linear(ln(x, p + "ln_1"), p + "attn.c_attn").split(nh * hs, -1)
             x = x + linear(attention(q, k, v), p + "attn.c_proj")
@@ -153,15 +166,19 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         def rms(x, name):
             return sd[name + ".weight"] * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
         def rotate(t):
-            return complex_rope(t.view(B, T, -1, hs).transpose(1, 2), cfg.rope_theta).transpose(1, 2).reshape(B, T, -1)
-        x = sd["model.embed_tokens.weight"][idx]
+            heads = t.view(B, T, -1, hs).transpose(1, 2)
+            heads = unit_rms(heads) if cfg.qk_norm else heads
+            return complex_rope(heads, cfg.rope_theta).transpose(1, 2).reshape(B, T, -1)
+        gate = relu2 if cfg.activation == "relu2" else F.silu
+        x = x0 = sd["model.embed_tokens.weight"][idx]
         for i in range(cfg.n_layer):
+            x = skip(x, x0, "model.", i)
             p = f"model.layers.{i}."
             q, k, v = linear(rms(x, p + "input_layernorm"), p + "self_attn.qkv_proj").split(
                 [nh * hs, nkv * hs, nkv * hs], -1)
             x = x + linear(attention(rotate(q), rotate(k), v), p + "self_attn.o_proj")
             h = rms(x, p + "post_attention_layernorm")
-            x = x + linear(F.silu(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = x + linear(gate(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
         x = rms(x, "model.norm")
     return linear(x, "lm_head")
 
@@ -185,6 +202,17 @@ def test_forward_matches_reference(name):
     logits, loss = model(idx)
     assert loss is None
     torch.testing.assert_close(logits, reference_logits(model, idx), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_zero_init_projections_make_every_block_the_identity(family):
+    model = make(tiny(family, zero_init_proj=True))
+    idx = tokens(2, 16)
+    trunk = model.trunk
+    x = trunk.tokens(idx) + (trunk.wpe(torch.arange(16)) if family == "gpt2" else 0)
+    final_norm = trunk.ln_f if family == "gpt2" else trunk.norm
+    torch.testing.assert_close(model(idx)[0], model.lm_head(final_norm(x)))
+    assert not torch.equal(make(tiny(family))(idx)[0], model(idx)[0])  # off: the blocks do change it
 
 
 @pytest.mark.parametrize("name", FAMILIES)

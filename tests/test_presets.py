@@ -212,6 +212,17 @@ def test_cpu_preset_is_a_ten_minute_budget():
     assert cfg.train.max_time == "10m" and cfg.model.block_size == 128 and cfg.model.n_layer == 4
     assert cfg.tokenizer.kind == "bpe" and 1024 <= cfg.tokenizer.vocab_size <= 4096
     assert n_params("cpu-10min", cfg.tokenizer.vocab_size) < 2e6
+    assert cfg.train.schedule == "wsd" and cfg.train.decay_frac == 0.2
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_presets_keep_the_new_training_options_off_and_stay_exportable(name):
+    """qk_norm, relu2, zero-init projections, embedding skips and Muon are options to try, not defaults;
+    and no preset uses one that `tinygpt export` refuses."""
+    cfg = load_config(name)
+    m = cfg.model
+    assert not (m.qk_norm or m.embed_skip or m.zero_init_proj) and m.activation != "relu2"
+    assert cfg.train.optimizer == "adamw"
 
 
 def test_tiny_stays_tiny():

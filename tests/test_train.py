@@ -18,16 +18,18 @@ from torch import nn
 
 from conftest import wait_until
 from tinygpt import checkpoint as ckpt
+from tinygpt.budget import TimeBudget
 from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
 from tinygpt.metrics import Metrics, read_metrics, read_samples
 from tinygpt.model import GPT
+from tinygpt.optim import make_optimizer
 from tinygpt.run import Run, load_model
 from tinygpt.shards import ShardSet
 from tinygpt.tokenizers import load_tokenizer
-from tinygpt.train import Trainer, lr_at, make_optimizer, steps_for_tokens
+from tinygpt.train import Trainer, lr_at, steps_for_tokens, wsd_decay_start
 
 # A model that trains in milliseconds a step, on one thread so that results are bit-exact.
 TINY = {
@@ -88,6 +90,45 @@ def test_cosine_schedule_at_key_steps():
     assert lr_at(60, t, 110) == pytest.approx(5.5e-4)  # half way down the cosine
     assert lr_at(110, t, 110) == pytest.approx(1e-4)
     assert all(lr_at(s, t, 110) >= lr_at(s + 1, t, 110) for s in range(10, 110))
+
+
+def test_warmup_stable_decay_schedule():
+    t = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, schedule="wsd", decay_frac=0.2)
+    assert wsd_decay_start(t, 100) == 80
+    assert lr_at(5, t, 100, 80) == pytest.approx(1e-3 * 6 / 11)
+    assert lr_at(79, t, 100, 80) == lr_at(50, t, 100, None) == 1e-3  # stable: until the decay starts, or while undecided
+    assert lr_at(90, t, 100, 80) == pytest.approx(5.5e-4)  # half way down, linearly
+    assert lr_at(100, t, 100, 80) == pytest.approx(1e-4)
+
+
+def test_time_budget_decides_decay_estimates_and_out_of_time():
+    budget = TimeBudget(100.0, decay_frac=0.25)
+    assert budget.calibrate(0, elapsed_s=4.0, seconds_per_step=1.0, end_s=6.0) == 90  # (100 - 4 - 6) / 1
+    budget.update(10, elapsed_s=14.0, end_s=6.0, evaluated=False)
+    assert len(budget.decisions) == 1  # nothing is due between evaluations
+    budget.update(20, elapsed_s=44.0, end_s=6.0, evaluated=True)  # now 2 s a step: 50 s left
+    assert (budget.max_steps, budget.decay_start) == (45, None)
+    budget.update(35, elapsed_s=75.0, end_s=6.0, evaluated=False)  # 75 s = 3/4 of the budget: decay
+    assert (budget.max_steps, budget.decay_start) == (35 + 9, 35)  # 19 s left at 2.07 s a step
+    budget.update(40, elapsed_s=93.0, end_s=8.0, evaluated=False)  # slower still: no time for the end
+    assert (budget.max_steps, budget.decay_start) == (40, 35)
+    assert [d["why"] for d in budget.decisions] == ["calibration", "estimate", "decay", "out of time"]
+    json.dumps(budget.state_dict())  # stored as it is in a checkpoint's progress
+    replayed = TimeBudget(100.0, 0.25, budget.state_dict()["decisions"][:3])
+    assert (replayed.max_steps, replayed.decay_start) == (44, 35)
+
+
+def test_muon_takes_the_hidden_matrices_by_role_and_adamw_the_rest():
+    model = GPT(ModelConfig(family="llama", vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    optimizers = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), "cpu")
+    names = {id(p): name for name, p in model.named_parameters()}
+    muon = sorted(names[id(p)] for g in optimizers.parts["muon"].param_groups for p in g["params"])
+    roles = ("qkv_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+    assert muon == sorted(name for name in names.values() if name.endswith(roles)) and len(muon) == 10
+    adamw = sorted(names[id(p)] for g in optimizers.parts["adamw"].param_groups for p in g["params"])
+    assert "model.embed_tokens.weight" in adamw and len(adamw) + len(muon) == len(names)  # the head is tied to it
+    optimizers.set_lr(5e-4)  # half the peak: both halve
+    assert [g["lr"] for g in optimizers.param_groups] == [pytest.approx(0.01), 5e-4, 5e-4]
 
 
 def test_constant_schedule_and_token_budget():
@@ -182,9 +223,11 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").is_file()
 
 
-def test_resume_is_bit_exact(char_data, tmp_path):
-    """30 steps straight == 10 steps, a new process state from the checkpoint, then 20 more."""
-    cfg = tiny(train__max_iters=30, train__ckpt_interval=10, train__eval_interval=15, train__grad_accum=2)
+@pytest.mark.parametrize("optimizer", [{}, {"train__optimizer": "muon", "train__schedule": "wsd"}])
+def test_resume_is_bit_exact(char_data, tmp_path, optimizer):
+    """30 steps straight == 10 steps, a new process state from the checkpoint, then 20 more;
+    also with two optimizers (Muon and AdamW) in one checkpoint."""
+    cfg = tiny(train__max_iters=30, train__ckpt_interval=10, train__eval_interval=15, train__grad_accum=2, **optimizer)
     Trainer(cfg, char_data, tmp_path / "straight").fit()
 
     resumed_run = tmp_path / "resumed"
@@ -216,6 +259,74 @@ def test_time_budget_becomes_a_saved_step_count(char_data, tmp_path, capsys):
     final = Run(tmp_path).latest()
     progress = ckpt.read_progress(final)
     assert progress["max_steps"] == progress["step"] == trainer.max_steps >= 1
+    assert progress["time_budget"]["decisions"][0]["why"] == "calibration"
+
+
+class StepClock:
+    """A clock that only moves when a training step runs (see stepping_clock): 0.25 s a step
+    until step 20, 0.5 s after (the machine got busier). Dyadic steps keep the sums exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def stepping_clock(monkeypatch):
+    """Trainer.train_step advances the trainer's StepClock before it runs; KILL_AT stops the process's
+    training like kill -9 (no checkpoint) at that step."""
+    original = Trainer.train_step
+
+    def train_step(self):
+        if self.step == getattr(self.clock, "kill_at", None):
+            raise KeyboardInterrupt
+        self.clock.now += 0.25 if self.step < 20 else 0.5
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_time_budget_decisions_replay_on_resume_bit_exact(char_data, tmp_path, stepping_clock):
+    """A 20 s budget: 4 calibration steps (1 s) give 76 steps; re-estimated at each evaluation
+    as the steps slow down; the decay starts once 14 s (70%) are spent. Killed at step 27 and
+    resumed from step 20, the run takes the same decisions and ends with the same weights."""
+    cfg = tiny(train__max_time="20s", train__schedule="wsd", train__decay_frac=0.3, train__warmup_iters=2,
+               train__eval_interval=8, train__ckpt_interval=10, train__keep_last=0)  # fmt: skip
+    straight = Trainer(cfg, char_data, tmp_path / "straight", clock=StepClock())
+    straight.fit()
+    decisions = straight.budget.decisions
+    assert [d["why"] for d in decisions][:2] == ["calibration", "estimate"] and decisions[0]["max_steps"] == 76
+    decay = next(d for d in decisions if d["why"] == "decay")
+    # 1 s of calibration + 20 steps of 0.25 s + 0.5 s each after: 14 s after step 36
+    assert decay["step"] == decay["decay_start"] == 36 and decay["elapsed_s"] == 14.0
+    assert straight.step == straight.max_steps == 48 and straight.elapsed_now() == 20.0  # 6 s at 0.5 s a step
+    assert ckpt.read_progress(Run(straight.run.folder).latest())["time_budget"]["decisions"] == decisions
+
+    killed_clock = StepClock()
+    killed_clock.kill_at = 27
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, char_data, tmp_path / "killed", clock=killed_clock).fit()
+    step20 = Run(tmp_path / "killed").latest()
+    assert step20.name == "step-0000000020"
+    resumed = Trainer(cfg, char_data, tmp_path / "killed", resume=step20, clock=StepClock())
+    assert resumed.budget.decisions == decisions[:3]  # calibration, estimates at steps 8 and 16
+    resumed.fit()
+    assert resumed.budget.decisions == decisions and resumed.step == 48
+    assert_same_weights(Run(tmp_path / "straight").latest(), Run(tmp_path / "killed").latest())
+
+    # Resumed from step 20 with 30 s instead of 20: the three decisions so far stay; a new
+    # calibration (4 steps of 0.5 s) at 8 s gives 20 + 22 / 0.5 = 64 steps; the decay starts at 21 s.
+    longer_cfg = tiny(train__max_time="30s", train__schedule="wsd", train__decay_frac=0.3, train__warmup_iters=2,
+                      train__eval_interval=8, train__ckpt_interval=10)  # fmt: skip
+    longer = Trainer(longer_cfg, char_data, tmp_path / "longer", resume=step20, clock=StepClock())
+    longer.fit()
+    assert longer.budget.decisions[:3] == decisions[:3]
+    assert longer.budget.decisions[3] == {
+        "why": "calibration", "step": 20, "elapsed_s": 8.0, "max_steps": 64, "decay_start": None
+    }  # fmt: skip
+    assert longer.step == 64 and longer.decay_start == 46 and longer.elapsed_now() == 30.0
 
 
 def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tmp_path):

@@ -2,7 +2,8 @@
 
     CHECKPOINT/                 (where a run keeps them, and which: run.py)
         model.safetensors       the weights; a tied output matrix is stored once, under the embedding's name
-        optimizer.safetensors   AdamW's moments; its hyperparameters as JSON in the file's header
+        optimizer.safetensors   each optimizer's state (AdamW's moments, Muon's momentum) under its
+                                name; their hyperparameters as JSON in the file's header
         rank-00000.safetensors  one per process: the torch CPU (and CUDA/MPS) generator, the data
                                 loader's generator and position, Python's and numpy's random states
         state.json              format version, step, step budget, tokens seen, best validation bpb, ...
@@ -302,19 +303,22 @@ def read_training_state(
             f"{folder} was written by {progress['world_size']} process(es), this run has {world_size}: "
             "resume with the same number (or start a new run from it with --init-from)"
         )
-    optimizer = load_tree(folder / OPTIMIZER)
-    try:
-        optimizer["state"] = {int(i): s for i, s in optimizer.get("state", {}).items()}
-        for group in optimizer["param_groups"]:
-            group["betas"] = tuple(group["betas"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise TinyGPTError(f"cannot read {folder / OPTIMIZER}: it is not an optimizer's state ({e!r})") from None
     return {
         "model": read_weights(folder / WEIGHTS),
-        "optimizer": optimizer,
+        "optimizer": {name: _optimizer_state(part) for name, part in load_tree(folder / OPTIMIZER).items()},
         "rank": load_tree(folder / rank_file(rank)),
         "progress": progress,
     }
+
+
+def _optimizer_state(tree: dict) -> dict:
+    """One torch optimizer's state_dict as load_tree gives it back: parameter numbers as ints,
+    and AdamW's betas as a tuple (Muon's groups have none; a list elsewhere does no harm)."""
+    tree["state"] = {int(i): s for i, s in tree.get("state", {}).items()}
+    for group in tree["param_groups"]:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    return tree
 
 
 def check_architecture(saved: ModelConfig, wanted: ModelConfig, folder: Path) -> None:

@@ -12,9 +12,14 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
+
+# When this process first imported tinygpt (time.perf_counter seconds): where the wall-clock
+# budget of `tinygpt train` starts, so that importing torch and preparing data spend it too.
+PROCESS_START = time.perf_counter()
 
 
 class TinyGPTError(Exception):

@@ -63,7 +63,7 @@ class ModelConfig:
     n_embd: int = 384
     head_size: int = 0  # 0: n_embd // n_head; the seed model used 6 heads of 64 on a 64-wide embedding
     mlp_hidden: int = 0  # 0: 4 * n_embd (gpt2) or 2/3 * 4 * n_embd rounded up to a multiple of 32 (llama)
-    activation: str = "gelu"  # gpt2 only: "gelu" (tanh form) or "relu"
+    activation: str = "gelu"  # gpt2: "gelu" (tanh form), "relu" or "relu2" (ReLU squared); llama: "relu2" gates with it instead of SiLU
     bias_qkv: bool = True
     bias_proj: bool = True
     bias_mlp: bool = True
@@ -72,17 +72,20 @@ class ModelConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False  # queries and keys scaled to unit RMS per head before attention (no learned gain)
+    embed_skip: bool = False  # each block's input adds a learned multiple (from 0) of the embeddings (x0)
     # training only: they change how the weights start or are trained, never the architecture
     init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections N(0, 0.02/sqrt(2*n_layer)), zero biases; "pytorch": torch's own
     embd_dropout: bool = True  # model.dropout also on the embeddings (nanoGPT, llama2.c); the seed had it only in the blocks
+    zero_init_proj: bool = False  # projections into the residual stream start at zero: each block starts as the identity
 
-    TRAINING_ONLY: typing.ClassVar[tuple[str, ...]] = ("dropout", "init", "embd_dropout")  # may differ from a checkpoint's
+    TRAINING_ONLY: typing.ClassVar[tuple[str, ...]] = ("dropout", "init", "embd_dropout", "zero_init_proj")
 
     def validate(self) -> None:
         _check_fields(self, "model")
         _check(self.family in FAMILY_RULES, "model.family", f"must be {' or '.join(map(repr, FAMILY_RULES))}")
         rules = FAMILY_RULES[self.family]
-        _check(self.activation in ("gelu", "relu"), "model.activation", "must be 'gelu' or 'relu'")
+        _check(self.activation in ("gelu", "relu", "relu2"), "model.activation", "must be 'gelu', 'relu' or 'relu2'")
         _check(self.init in ("gpt2", "pytorch"), "model.init", "must be 'gpt2' or 'pytorch'")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _check(0 < getattr(self, name) <= MAX_SIZE, f"model.{name}", f"must be in [1, {MAX_SIZE}]")
@@ -160,15 +163,19 @@ class TrainConfig:
     max_time: str = ""  # ... or in wall-clock time, e.g. "10m", "90s", "1h" ("": unused)
     lr: float = 1e-3
     min_lr: float = 1e-4
-    schedule: str = "cosine"  # "constant" or "cosine" (linear warmup, cosine decay to min_lr)
+    schedule: str = "cosine"  # after a linear warmup: "constant", "cosine" (down to min_lr) or "wsd" (stable, then linear decay)
     warmup_iters: int = 100
+    decay_frac: float = 0.2  # wsd: the share of the budget (steps, or seconds of a time budget) the decay takes
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the hidden matrices, AdamW for the rest (optim.py)
+    muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it as it scales lr)
+    muon_momentum: float = 0.95
     weight_decay: float = 0.1
     decay_all: bool = False  # True: decay every parameter (what torch.optim.AdamW does by default)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0: no clipping
     eval_interval: int = 250
-    eval_windows: int = 200  # validation windows per evaluation (a fixed slice, the same every time)
+    eval_windows: int = 200  # validation windows per evaluation (spread evenly over the split, the same every time; 0: all)
     log_interval: int = 50
     ckpt_interval: int = 1000
     keep_last: int = 3
@@ -189,8 +196,12 @@ class TrainConfig:
         self.check_seed(world_size=1)
         _check(is_device_name(self.device), "train.device", f"must be {DEVICES}, not {self.device!r}")
         _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.optimizer in ("adamw", "muon"), "train.optimizer", "must be 'adamw' or 'muon'")
+        _check(self.muon_lr > 0, "train.muon_lr", "must be positive")
+        _check(0 <= self.muon_momentum < 1, "train.muon_momentum", "must be in [0, 1)")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", "must be in [0, lr]")
-        _check(self.schedule in ("constant", "cosine"), "train.schedule", "must be 'constant' or 'cosine'")
+        _check(self.schedule in ("constant", "cosine", "wsd"), "train.schedule", "must be 'constant', 'cosine' or 'wsd'")
+        _check(0 < self.decay_frac <= 1, "train.decay_frac", "must be in (0, 1]")
         _check(self.weight_decay >= 0, "train.weight_decay", "must not be negative")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1", "betas must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must not be negative")

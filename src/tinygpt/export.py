@@ -90,7 +90,7 @@ def _gpt2_config(cfg: ModelConfig) -> dict:
         "n_positions": cfg.block_size,
         "n_ctx": cfg.block_size,
         # gelu_pytorch_tanh calls the same torch function as our MLP, so the outputs match bit for bit
-        "activation_function": "gelu_pytorch_tanh" if cfg.activation == "gelu" else "relu",
+        "activation_function": {"gelu": "gelu_pytorch_tanh", "relu": "relu", "relu2": "relu2"}[cfg.activation],
         "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout if cfg.embd_dropout else 0.0,
@@ -110,7 +110,7 @@ def _llama_config(cfg: ModelConfig) -> dict:
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": "relu2" if cfg.activation == "relu2" else "silu",  # the gate's activation
         "max_position_embeddings": cfg.block_size,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
@@ -154,12 +154,22 @@ class HFFamily:
 HF_FAMILIES = {
     "gpt2": HFFamily(
         "GPT2LMHeadModel", _gpt2_config, _gpt2_weights,
-        blocks=lambda cfg: f"LayerNorm, learned positions, {'tanh-GELU' if cfg.activation == 'gelu' else 'ReLU'} MLP",
+        blocks=lambda cfg: "LayerNorm, learned positions, "
+        + {"gelu": "tanh-GELU", "relu": "ReLU", "relu2": "squared-ReLU"}[cfg.activation] + " MLP",
     ),
     "llama": HFFamily(
         "LlamaForCausalLM", _llama_config, _llama_weights,
-        blocks=lambda cfg: f"RMSNorm, rotary positions (theta {cfg.rope_theta:g}), SwiGLU MLP",
+        blocks=lambda cfg: f"RMSNorm, rotary positions (theta {cfg.rope_theta:g}), "
+        + ("squared-ReLU-gated MLP" if cfg.activation == "relu2" else "SwiGLU MLP"),
     ),
+}
+
+
+# Model options no stock transformers class computes (model.zero_init_proj, an initialisation,
+# and activation "relu2", ACT2FN's, export as they are).
+UNEXPRESSED_OPTIONS = {
+    "qk_norm": "queries and keys scaled to unit RMS per head",
+    "embed_skip": "the embeddings added again before every block",
 }
 
 
@@ -171,6 +181,9 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
     generation starts after and the one it stops at.
     """
     family = HF_FAMILIES[cfg.family]
+    for option, what in UNEXPRESSED_OPTIONS.items():
+        if getattr(cfg, option):
+            raise TinyGPTError(f"cannot export to {family.architecture}: it has no model.{option} ({what})")
     return {
         "architectures": [family.architecture],
         **family.config(cfg),

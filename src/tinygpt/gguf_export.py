@@ -127,7 +127,9 @@ GGUF_FAMILIES = {
             "mlp.up_proj": "ffn_up",
             "mlp.down_proj": "ffn_down",
         },
-        refusal=lambda cfg: None,  # llama.cpp's llama takes any head size, grouped-query attention, theta and eps
+        # llama.cpp's llama takes any head size, grouped-query attention, theta and eps; its gate is SiLU
+        refusal=lambda cfg: "its MLP gate is always SiLU, and this model's is relu2 (model.activation)"
+        if cfg.activation == "relu2" else None,
         layout=_llama_layout,
         hparams=_llama_hparams,
     ),
@@ -138,6 +140,7 @@ GGUF_FAMILIES = {
 CHECKED_FIELDS = {
     "family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_size", "mlp_hidden",
     "activation", "bias_qkv", "bias_proj", "bias_mlp", "bias_head", "tie_weights", "dropout", "rope_theta", "norm_eps",
+    "zero_init_proj",  # an initialisation: the trained weights are all there is
 }  # fmt: skip
 
 

@@ -59,33 +59,41 @@ class TrainLoader:
         self.batches_drawn = int(state["batches_drawn"])
 
 
+def window_starts(shards: ShardSet, block_size: int) -> list[tuple[int, int]]:
+    """(shard, first token) of every evaluation window, in order: windows cover tokens
+    [i*T, i*T + T] of each shard, so consecutive windows share one token (the last target of
+    one is the first input of the next), and a shard's tail shorter than a window becomes one
+    final, shorter window. Every target token is in exactly one window."""
+    return [(s, start) for s, shard in enumerate(shards.shards) for start in _starts(len(shard), block_size)]
+
+
+def count_eval_windows(shards: ShardSet, block_size: int) -> int:
+    """How many windows `eval_windows` yields with max_windows=0: all of them."""
+    return sum(len(_starts(len(shard), block_size)) for shard in shards.shards)
+
+
 def eval_windows(
     shards: ShardSet, block_size: int, batch_size: int, max_windows: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Non-overlapping windows in order, every target token once (the exact evaluation pass).
+    """Batches (x, y) of evaluation windows (see window_starts), in order.
 
-    Windows cover tokens [i*T, i*T + T] of each shard, so consecutive windows share one
-    token: the last target of one is the first input of the next. A shard's tail shorter
-    than a window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
-    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.check_ids).
+    max_windows 0 (or at least the number of windows): all of them, the exact evaluation pass.
+    Otherwise a fixed sample of max_windows spread evenly over the whole split: of N windows,
+    those numbered floor(i * N / max_windows), i = 0 .. max_windows - 1, the same every time, so
+    that no part of the split (one shard, its first stories) stands for all of it. A shorter
+    window starts a batch of its own.
     """
-    taken = 0
+    starts = window_starts(shards, block_size)
+    if 0 < max_windows < len(starts):
+        starts = [starts[i * len(starts) // max_windows] for i in range(max_windows)]
     batch: list[np.ndarray] = []
-    for index, shard in enumerate(shards.shards):
-        for i, row in enumerate(sequence_windows(shard, block_size)):
-            shards.check_ids(row, index, i * block_size)
-            if batch and len(row) != len(batch[0]):
-                yield _pair(batch)
-                batch = []
-            batch.append(row)
-            taken += 1
-            if len(batch) == batch_size:
-                yield _pair(batch)
-                batch = []
-            if max_windows and taken >= max_windows:
-                if batch:
-                    yield _pair(batch)
-                return
+    for s, start in starts:
+        row = _window(shards.shards[s], start, block_size)
+        shards.check_ids(row, s, start)
+        if batch and (len(row) != len(batch[0]) or len(batch) == batch_size):
+            yield _pair(batch)
+            batch = []
+        batch.append(row)
     if batch:
         yield _pair(batch)
 
@@ -94,8 +102,18 @@ def sequence_windows(tokens: np.ndarray, block_size: int) -> Iterator[np.ndarray
     """The evaluation windows of one token sequence: rows tokens[i*T : i*T + T + 1] (int64) for T =
     block_size, each input block_size tokens and its targets shifted by one; the last may be shorter.
     Every token but the first is a target exactly once."""
-    for start in range(0, len(tokens) - 1, block_size):
-        yield np.asarray(tokens[start : start + block_size + 1], dtype=np.int64)
+    for start in _starts(len(tokens), block_size):
+        yield _window(tokens, start, block_size)
+
+
+def _starts(n_tokens: int, block_size: int) -> range:
+    """First tokens of the evaluation windows of a sequence of n_tokens."""
+    return range(0, n_tokens - 1, block_size)
+
+
+def _window(tokens: np.ndarray, start: int, block_size: int) -> np.ndarray:
+    """Tokens [start, start + block_size] (fewer at the end) as int64: one window's inputs and targets."""
+    return np.asarray(tokens[start : start + block_size + 1], dtype=np.int64)
 
 
 def _pair(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,13 @@ projections that write into the residual stream from N(0, 0.02/sqrt(2 * n_layer)
 biases 0; "pytorch" keeps torch's defaults, as the seed model had them: Linear weights and biases
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), Embedding N(0, 1), norm gains 1 and biases 0.
 
+Options from recent small-model training (modded-nanogpt, Jordan et al. 2024), each off by
+default and in every preset that does not set it: qk_norm (queries and keys scaled to unit RMS
+per head, Henry et al. 2020, "Query-Key Normalization for Transformers"; Dehghani et al. 2023),
+activation "relu2" (ReLU squared, So et al. 2021, "Primer"), zero_init_proj (the projections
+into the residual stream start at zero) and embed_skip (every block's input adds a learned
+multiple of the embeddings, x0). Not every exporter can express them: see export.py.
+
 Each family is one class (GPT2Model, LlamaModel: its parts, chosen once) and one entry in
 FAMILIES; GPT asks the family for what differs and never tests the name. Its config rules
 are in config.FAMILY_RULES, which needs no torch.
@@ -154,18 +161,22 @@ class CausalSelfAttention(nn.Module):
         self.qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.out_dim = self.n_head * self.head_dim  # may differ from n_embd: the output projection maps it back
         self.dropout = cfg.dropout
+        self.qk_norm, self.norm_eps = cfg.qk_norm, cfg.norm_eps
         self.attn_dropout = Dropout(cfg.dropout)  # on the attention weights: attend_with_dropout
         self.resid_dropout = Dropout(cfg.dropout)
         self.layer = 0  # set by GPT: which layer of a KV cache is this one's
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs), k and v (B, nkv, T, hs)."""
+        """(B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs), k and v (B, nkv, T, hs); with qk_norm,
+        each head's q and k scaled to unit root-mean-square (no learned gain)."""
         B, T, _ = qkv.size()
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = qkv.split([self.out_dim, kv_dim, kv_dim], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,), eps=self.norm_eps), F.rms_norm(k, (self.head_dim,), eps=self.norm_eps)
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: CacheBatch | None) -> torch.Tensor:
@@ -225,18 +236,28 @@ class LlamaAttention(CausalSelfAttention):
         B, T, _ = x.size()
         heads = self.qkv_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh + 2*nkv, T, hs)
         turned = self.n_head + self.n_kv_head
-        q, k = apply_rope(heads[:, :turned], *rope).split([self.n_head, self.n_kv_head], dim=1)  # q and k in one turn
+        qk = heads[:, :turned]
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (self.head_dim,), eps=self.norm_eps)
+        q, k = apply_rope(qk, *rope).split([self.n_head, self.n_kv_head], dim=1)  # q and k in one turn
         v = heads[:, turned:]
         return self.resid_dropout(self.o_proj(self.attend(q, k, v, cache)))
 
 
+class ReLUSquared(nn.Module):
+    """max(0, x)^2 (Primer, So et al. 2021), as transformers' ACT2FN["relu2"]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
-    """GPT-2 feed-forward: widen, GELU (tanh form, as GPT-2 was trained) or ReLU, narrow."""
+    """GPT-2 feed-forward: widen, GELU (tanh form, as GPT-2 was trained), ReLU or ReLU squared, narrow."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=cfg.bias_mlp)
-        self.act = nn.GELU(approximate="tanh") if cfg.activation == "gelu" else nn.ReLU()
+        self.act = {"gelu": nn.GELU(approximate="tanh"), "relu": nn.ReLU(), "relu2": ReLUSquared()}[cfg.activation]
         self.c_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=cfg.bias_mlp)
         self.dropout = Dropout(cfg.dropout)
 
@@ -245,17 +266,19 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Llama feed-forward: a SiLU-gated product of two projections, then back down."""
+    """Llama feed-forward: a SiLU-gated product of two projections, then back down
+    (activation "relu2": the gate goes through ReLU squared instead)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=False)
+        self.act = ReLUSquared() if cfg.activation == "relu2" else nn.SiLU()
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        return self.dropout(self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)))
 
 
 class Block(nn.Module):
@@ -352,6 +375,17 @@ class RotaryPositions(nn.Module):
         return apply_rope(k, self.cos[n], -self.sin[n])  # cos(-a) = cos(a), sin(-a) = -sin(a)
 
 
+class EmbedSkip(nn.Module):
+    """embed_skip: before block l, x += weight[l] * x0, the embeddings (B, T, C); weights start at 0."""
+
+    def __init__(self, n_layer: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_layer))
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, layer: int) -> torch.Tensor:
+        return x + self.weight[layer].to(x.dtype) * x0
+
+
 class Family(nn.Module):
     """A model family: its trunk, everything between the token ids and the output layer.
 
@@ -406,12 +440,13 @@ class GPT2Model(Family):
         self.drop = Dropout(cfg.dropout if cfg.embd_dropout else 0.0)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.embed_skip = EmbedSkip(cfg.n_layer) if cfg.embed_skip else None
         self.head_bias = cfg.bias_head
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.h:
-            x = block(x, cache)
+        x = x0 = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(self.embed_skip(x, x0, i) if self.embed_skip else x, cache)
         return self.ln_f(x)
 
 
@@ -429,12 +464,13 @@ class LlamaModel(Family):
         self.drop = Dropout(cfg.dropout if cfg.embd_dropout else 0.0)
         self.layers = nn.ModuleList([LlamaBlock(cfg) for _ in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.embed_skip = EmbedSkip(cfg.n_layer) if cfg.embed_skip else None
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
         rope = self.rotary_emb(pos)  # cos, sin (T, hs) or (B, 1, T, hs)
-        x = self.drop(self.embed_tokens(idx))  # (B, T, C)
-        for layer in self.layers:
-            x = layer(x, rope, cache)
+        x = x0 = self.drop(self.embed_tokens(idx))  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            x = layer(self.embed_skip(x, x0, i) if self.embed_skip else x, rope, cache)
         return self.norm(x)
 
 
@@ -461,10 +497,14 @@ class GPT(nn.Module):
 
         if cfg.init == "gpt2":  # "pytorch": the modules have initialised themselves
             self.apply(self._init_weights)
-            # Projections that write into the residual stream are scaled down so that its
-            # variance does not grow with depth (GPT-2 paper): 2 such writes per layer.
-            for name, p in self.named_parameters():
-                if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
+        # Projections that write into the residual stream are scaled down so that its variance
+        # does not grow with depth (GPT-2 paper: 2 such writes per layer), or start at zero
+        # (zero_init_proj), so that every block starts as the identity.
+        for name, p in self.named_parameters():
+            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                elif cfg.init == "gpt2":
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @property

@@ -1,14 +1,17 @@
 """Training: a Trainer that turns prepared token shards into checkpoints, and the `tinygpt train` command.
 
 One optimizer step, in order:
-  1. set the learning rate, a pure function of the step (so resuming needs no schedule state);
+  1. set the learning rate, a function of the step and of the budget's decisions (the final
+     step, the step the decay starts), which every checkpoint stores;
   2. for each of grad_accum micro-batches: draw a batch, forward under autocast, backward
      (under DDP the gradients are averaged across processes only on the last one);
   3. agree across processes on the loss and on whether to stop; stop before updating on NaN;
-  4. clip the gradient norm, take the AdamW step.
-Every eval_interval steps the model is measured on a fixed slice of the validation shards, in
-bits per byte, and writes a short sample of text to RUN/samples.jsonl (from its own generator,
-so the random streams below are untouched); every ckpt_interval steps (and at the end, and on SIGINT/SIGTERM) a checkpoint
+  4. clip the gradient norm, take the optimizers' step (AdamW, and Muon for hidden matrices: optim.py).
+Every eval_interval steps the model is measured on a fixed sample of validation windows spread
+evenly over the whole split, in bits per byte, and writes a short sample of text to
+RUN/samples.jsonl (from its own generator, so the random streams below are untouched); a
+wall-clock budget is re-estimated then (budget.py). At the end the whole validation split is
+scored: the run's result. Every ckpt_interval steps (and at the end, and on SIGINT/SIGTERM) a checkpoint
 is written. Everything random (dropout, the order of batches) comes from generators whose
 state is saved, so a resumed run takes exactly the steps the uninterrupted run would have.
 """
@@ -31,7 +34,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from .common import TinyGPTError, autodetect_device, interrupt_for
+from .budget import TimeBudget
+from .common import PROCESS_START, TinyGPTError, autodetect_device, interrupt_for
 from .config import Config, TrainConfig, add_config_arguments, differences, dump_toml, load_config, parse_duration
 from .distributed import (
     Dist,
@@ -43,9 +47,10 @@ from .distributed import (
     init_distributed,
 )
 from .evaluate import bits_per_byte, evaluate
-from .loader import TrainLoader
+from .loader import TrainLoader, count_eval_windows
 from .metrics import Metrics, plot_run
 from .model import GPT
+from .optim import make_optimizer
 from .prepare import prepare
 from .run import Run, find_checkpoint
 from .shards import ShardSet, is_prepared, tokenizer_dir
@@ -68,14 +73,27 @@ PROGRESS = {
 # ---------------------------------------------------------------- pure pieces: schedule, budget, precision
 
 
-def lr_at(step: int, train: TrainConfig, max_steps: int) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine down to min_lr."""
+def lr_at(step: int, train: TrainConfig, max_steps: int, decay_start: int | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then constant, cosine down
+    to min_lr at max_steps, or warmup-stable-decay ("wsd": the peak until `decay_start`, None
+    while not decided, then linear down to min_lr at max_steps; Hägele et al. 2024, "Scaling Laws
+    and Compute-Optimal Training Beyond Fixed Training Durations")."""
     if step < train.warmup_iters:
         return train.lr * (step + 1) / (train.warmup_iters + 1)
     if train.schedule == "constant":
         return train.lr
+    if train.schedule == "wsd":
+        if decay_start is None or step < decay_start:
+            return train.lr
+        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        return train.lr + progress * (train.min_lr - train.lr)
     progress = min(1.0, (step - train.warmup_iters) / max(1, max_steps - train.warmup_iters))
     return train.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - train.min_lr)
+
+
+def wsd_decay_start(train: TrainConfig, max_steps: int) -> int:
+    """The step a step budget's decay starts: the last decay_frac of the steps decay."""
+    return max_steps - round(train.decay_frac * max_steps)
 
 
 def steps_for_tokens(train: TrainConfig, tokens_per_step: int) -> int:
@@ -96,26 +114,6 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "bfloat16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise TinyGPTError("config: train.dtype bfloat16 is not supported by this GPU: use float16 or auto")
     return getattr(torch, name)
-
-
-def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: str) -> torch.optim.AdamW:
-    """AdamW. Weight decay pulls matrices (linear weights, embeddings) toward zero, not biases and
-    norm gains, whose size sets a scale rather than storing knowledge; decay_all decays every
-    parameter, as torch.optim.AdamW does by default (the seed's recipe)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.decay_all:
-        groups = [{"params": params, "weight_decay": train.weight_decay}]
-    else:
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-    # One fused kernel for all parameters instead of about ten small ops per tensor, on CUDA
-    # and on CPU (where small models have many small tensors); MPS has no fused AdamW.
-    fused = True if device.startswith(("cuda", "cpu")) else None
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=train.lr, betas=(train.beta1, train.beta2), fused=fused
-    )
 
 
 # ---------------------------------------------------------------- speed
@@ -147,6 +145,9 @@ class Trainer:
     optimizer and step 0. Either must match the data's tokenizer and the config's architecture.
     Raises TinyGPTError for an invalid config (it is validated here, as the command line does),
     data or checkpoint.
+    clock: seconds, for a wall-clock budget (time.perf_counter; tests inject their own);
+    started: the clock's reading when this process's share of the budget began (default: now;
+    `tinygpt train` passes its process start).
     """
 
     def __init__(
@@ -158,8 +159,12 @@ class Trainer:
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
         dist: Dist | None = None,
+        clock=time.perf_counter,
+        started: float | None = None,
     ):
         self.cfg, t = cfg.validate(), cfg.train
+        self.clock = clock
+        self.session_start = clock() if started is None else started
         self.data_dir = Path(data_dir)
         self.run = Run(run_dir, ckpt_interval=t.ckpt_interval, keep_last=t.keep_last)
         self.dist = dist or Dist(device=autodetect_device(t.device))
@@ -198,8 +203,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device_type, enabled=self.dtype == torch.float16)
         self.tokens_per_step = t.batch_size * cfg.model.block_size * t.grad_accum * self.dist.world_size
 
-        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.val_windows = count_eval_windows(self.val_shards, cfg.model.block_size)
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0  # elapsed: seconds of the budget spent before this session
         self.max_steps: int | None = None  # resolved in fit() when the budget is wall-clock time
+        self.decay_start: int | None = None  # the wsd schedule's; under a time budget decided as the run goes
+        self.budget = TimeBudget(parse_duration(t.max_time), self._decay_frac()) if t.max_time else None
+        self.end_s = 0.0  # measured seconds the end of the run takes (full validation, last checkpoint)
+        self.eval_s = self.sample_s = self.save_s = 0.0  # seconds of the last evaluation, its text sample, checkpoint
         if resume:
             self._resume(start)
             self._keep_or_reset_budget(saved.train)
@@ -207,7 +217,7 @@ class Trainer:
             if init_from:
                 ckpt.load_weights(self.model, start)
             if not t.max_time:
-                self.max_steps = steps_for_tokens(t, self.tokens_per_step)
+                self._set_step_budget()
         self.resumed_from = self.step if resume else None
 
         # What runs the training steps: maybe compiled, maybe wrapped for DDP. Evaluation,
@@ -248,12 +258,25 @@ class Trainer:
                 f"(hash {self.tokenizer.hash} vs {saved}): prepare it with --tokenizer-from {folder}"
             )
 
+    def _decay_frac(self) -> float | None:
+        return self.cfg.train.decay_frac if self.cfg.train.schedule == "wsd" else None
+
+    def _set_step_budget(self) -> None:
+        self.max_steps = steps_for_tokens(self.cfg.train, self.tokens_per_step)
+        self.decay_start = wsd_decay_start(self.cfg.train, self.max_steps)
+
     def _keep_or_reset_budget(self, saved: TrainConfig) -> None:
-        """Keep the resumed run's step budget, so its schedule is the one it started with;
-        a budget changed on the command line is resolved again (the schedule then stretches)."""
+        """Keep the resumed run's budget and its decisions, so its schedule is the one it started
+        with; a budget changed on the command line is resolved again (see EPILOG)."""
         if all(getattr(saved, k) == getattr(self.cfg.train, k) for k in BUDGET_KEYS):
             return
-        self.max_steps = None if self.cfg.train.max_time else steps_for_tokens(self.cfg.train, self.tokens_per_step)
+        if not self.cfg.train.max_time:
+            self.budget = None
+            self._set_step_budget()
+            return
+        decisions = self.budget.decisions if self.budget else []
+        self.budget = TimeBudget(parse_duration(self.cfg.train.max_time), self._decay_frac(), decisions)
+        self.max_steps = None  # calibrated again in fit(); a decay already started goes on
 
     # ------------------------------------------------------------ state
 
@@ -266,8 +289,10 @@ class Trainer:
             "progress": {
                 "step": self.step,
                 "max_steps": self.max_steps,
+                "decay_start": self.decay_start,
+                "time_budget": self.budget.state_dict() if self.budget else None,
                 "tokens": self.tokens,
-                "elapsed_s": round(self.elapsed, 3),
+                "elapsed_s": self.elapsed_now(),
                 **self.run.state_dict(),
                 "grad_scaler": self.scaler.state_dict(),
                 "world_size": self.dist.world_size,
@@ -291,7 +316,11 @@ class Trainer:
         ckpt.restore_rng(state["rank"]["rng"], self.device)
         self.loader.load_state_dict(state["rank"]["loader"])
         p = state["progress"]
-        self.step, self.max_steps, self.tokens, self.elapsed = p["step"], p["max_steps"], p["tokens"], p["elapsed_s"]
+        self.step, self.max_steps, self.tokens = p["step"], p["max_steps"], p["tokens"]
+        self.elapsed = p["elapsed_s"] - (self.clock() - self.session_start)  # elapsed_now() goes on from the saved figure
+        self.decay_start = p.get("decay_start")
+        if self.budget and p.get("time_budget"):  # replay the decisions taken before the checkpoint
+            self.budget = TimeBudget(self.budget.seconds, self.budget.decay_frac, p["time_budget"]["decisions"])
         self.run.load_state_dict(p)
         if p["grad_scaler"]:
             self.scaler.load_state_dict(p["grad_scaler"])
@@ -303,7 +332,7 @@ class Trainer:
         rank = state.pop("rank")  # this process's random streams and loader position
         if not best:
             state["ranks"] = gather_to_main(rank)  # every process's, on rank 0
-        error = None
+        error, start = None, self.clock()
         if self.dist.is_main:
             files = dump_toml(self.cfg), tokenizer_dir(self.data_dir)
             try:
@@ -316,17 +345,19 @@ class Trainer:
         if broadcast_from_main(float(error is not None), self.device):
             folder = self.run.best if best else self.run.step_folder(self.step)
             raise error or TinyGPTError(f"rank 0 could not write the checkpoint {folder}")
+        if not best:
+            self.save_s = self.clock() - start
 
     # ------------------------------------------------------------ one step
 
     def train_step(self) -> dict:
         """One optimizer step; returns its loss, bits per byte, learning rate, gradient norm and whether to stop."""
         t = self.cfg.train
-        lr = lr_at(self.step, t, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        # Summed over micro-batches and (below) processes: loss, target bytes, stop requests.
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        lr = lr_at(self.step, t, self.max_steps, self.decay_start)
+        self.optimizer.set_lr(lr)
+        # Summed over micro-batches and (below) processes: loss, target bytes, stop requests, and
+        # rank 0's elapsed budget seconds, so that every process takes the same budget decisions.
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for micro in range(t.grad_accum):
             x, y = self.loader.next_batch()
             totals[1] += int(self.token_bytes[y].sum())
@@ -339,7 +370,8 @@ class Trainer:
                 self.scaler.scale(loss / t.grad_accum).backward()
             totals[0] += loss.detach()
         totals[2] = float(self.stop_signal is not None)
-        loss_sum, n_bytes, stop_votes = all_reduce_sum(totals).tolist()
+        totals[3] = self.elapsed_now() if self.dist.is_main else 0.0
+        loss_sum, n_bytes, stop_votes, elapsed_s = all_reduce_sum(totals).tolist()
         loss = loss_sum / (t.grad_accum * self.dist.world_size)
         if not math.isfinite(loss):
             last_good = self.run.latest()
@@ -348,12 +380,12 @@ class Trainer:
                 "keep --train.grad_clip on (e.g. 1.0) or try --train.dtype float32; "
                 f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
             )
-        self.scaler.unscale_(self.optimizer)  # the gradient norm is about the true gradients
+        self.optimizer.unscale_(self.scaler)  # the gradient norm is about the true gradients
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         else:  # measure only: clip_grad_norm_ with an infinite bound would still multiply every gradient by 1
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-        self.scaler.step(self.optimizer)
+        self.optimizer.step(self.scaler)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {
@@ -362,47 +394,71 @@ class Trainer:
             "lr": lr,
             "grad_norm": grad_norm,
             "stop": stop_votes > 0,  # decided together, so every process saves and stops at the same step
+            "elapsed_s": elapsed_s,  # rank 0's, before the optimizer's update
         }
 
-    def evaluate(self) -> dict:
+    def elapsed_now(self) -> float:
+        """Seconds of the budget spent: the sessions before this one, and this one since it started."""
+        return self.elapsed + self.clock() - self.session_start
+
+    def evaluate(self, every_window: bool = False) -> dict:
+        """Validation loss and bits per byte: the fixed, evenly spread sample of train.eval_windows
+        windows, or every window of the split (`every_window`, the run's result)."""
         return evaluate(
             self.model,
             self.val_shards,
             self.token_bytes,
             block_size=self.cfg.model.block_size,
             batch_size=self.cfg.train.batch_size,
-            max_windows=self.cfg.train.eval_windows,
+            max_windows=0 if every_window else self.cfg.train.eval_windows,
             device=self.device,
             autocast=self.autocast,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
 
-    def calibrate(self, seconds: float) -> int:
-        """Steps that fit in `seconds`: time a few steps and one evaluation, then undo them.
+    def calibrate(self) -> None:
+        """The time budget's first estimate of the final step: time a few steps and one evaluation, then undo them.
 
         The steps run on a snapshot of the whole state, restored afterwards, so the run
         proper starts exactly as it would have. The calibration's own time counts against
-        the budget. Rank 0's figure is used by every process.
+        the budget. Rank 0's figures are used by every process.
         """
-        calibration_start = time.perf_counter()
         snapshot = copy.deepcopy(self.state_dict())
-        self.max_steps = self.step + CALIBRATION_STEPS + 1  # any budget will do for timing; the snapshot restores None
+        self.max_steps = self.step + CALIBRATION_STEPS + 1  # any budget will do for timing; the snapshot restores it
         self.train_step()  # not timed: compilation, memory allocation, caches
         self._synchronize()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(CALIBRATION_STEPS):
             self.train_step()
         self._synchronize()
-        per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
-        start = time.perf_counter()
+        per_step = (self.clock() - start) / CALIBRATION_STEPS
+        start = self.clock()
         self.evaluate()
+        self.eval_s = self.clock() - start
+        start = self.clock()
         if self.dist.is_main and self.cfg.train.sample_tokens:  # as every evaluation does
             self.sample_text()
-        per_step += (time.perf_counter() - start) / self.cfg.train.eval_interval
+        self.sample_s = self.clock() - start
+        per_step += (self.eval_s + self.sample_s) / self.cfg.train.eval_interval
+        elapsed = self.elapsed
         self.load_state_dict(snapshot)
-        seconds -= time.perf_counter() - calibration_start
-        return int(broadcast_from_main(max(1, int(seconds / per_step)), self.device))
+        self.elapsed = elapsed  # the calibration's time stays spent
+        per_step = broadcast_from_main(per_step, self.device)
+        self._measure_end()
+        self.max_steps = self.budget.calibrate(self.step, self.elapsed_now(), per_step, self.end_s)
+
+    def _measure_end(self) -> None:
+        """What the end of the run will take, from the last evaluation, text sample and checkpoint: the
+        full validation pass, the last checkpoint and the final sample. Rank 0's figure, on every process."""
+        sampled = min(self.cfg.train.eval_windows or self.val_windows, self.val_windows)
+        end_s = self.eval_s * self.val_windows / sampled + self.save_s + self.sample_s
+        self.end_s = broadcast_from_main(end_s, self.device)
+
+    def _follow_budget(self, elapsed_s: float, evaluated: bool) -> None:
+        """Take the time budget's decisions due after this step (all processes alike: rank 0's clock)."""
+        self.budget.update(self.step, elapsed_s, self.end_s, evaluated)
+        self.max_steps, self.decay_start = self.budget.max_steps, self.budget.decay_start
 
     def _synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -414,12 +470,9 @@ class Trainer:
         """Train until the step budget is spent or a stop signal arrives; return that signal's number (None: finished)."""
         t = self.cfg.train
         main = self.dist.is_main
-        started = time.perf_counter()
-        previous_elapsed = self.elapsed
         if self.max_steps is None:
-            remaining = parse_duration(t.max_time, "train.max_time") - self.elapsed
-            self.max_steps = self.step + self.calibrate(remaining)
-            self._print(f"time budget {t.max_time}: measured speed gives {self.max_steps:,} steps in all")
+            self.calibrate()
+            self._print(f"time budget {t.max_time}: measured speed gives {self.max_steps:,} steps in all (first estimate)")
         if self.step >= self.max_steps:
             self._print(f"{self.run.folder} is already trained to its budget of {self.max_steps:,} steps")
             return None
@@ -451,15 +504,23 @@ class Trainer:
                 if self.step % t.log_interval == 0 or self.step == self.max_steps:
                     self._log_train(metrics, bar, out, interval)
                     interval = StepTimer()
-                if self.step % t.eval_interval == 0 or self.step == self.max_steps:
+                evaluated = self.step % t.eval_interval == 0 or self.step == self.max_steps
+                if evaluated:
                     self._evaluate(metrics, bar)
-                self.elapsed = previous_elapsed + time.perf_counter() - started
+                if self.budget:
+                    elapsed_s = broadcast_from_main(self.elapsed_now(), self.device) if evaluated else out["elapsed_s"]
+                    self._follow_budget(elapsed_s, evaluated)
+                    if bar:
+                        bar.total = self.max_steps
                 if self.run.should_save(self.step, final=self.step == self.max_steps or out["stop"]):
                     self.save()
                 if out["stop"]:
                     stopped_by = self.stop_signal or signal.SIGTERM  # or the signal went to another process
                     self._print(f"stopped by signal {stopped_by} at step {self.step}; resume with --resume auto")
                     return stopped_by
+            result = self.evaluate(every_window=True)  # the run's result: every validation window
+            if metrics:
+                metrics.write("result", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
@@ -468,18 +529,23 @@ class Trainer:
             if metrics:
                 metrics.close()
         if main:
-            self._finish(session)
+            self._finish(session, result)
         return None
 
     def _evaluate(self, metrics: Metrics | None, bar=None) -> None:
+        start = self.clock()
         result = self.evaluate()
+        self.eval_s = self.clock() - start
+        self._measure_end()
         best = self.run.update_best(self.step, result["bpb"])
         if best:
             self.save(best=True)
         if metrics:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
             if self.cfg.train.sample_tokens:
+                start = self.clock()
                 metrics.sample(self.step, result["bpb"], self.sample_text())
+                self.sample_s = self.clock() - start
             self._print(
                 f"step {self.step}: val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}"
                 + (" (best)" if best else ""),
@@ -519,8 +585,9 @@ class Trainer:
         sampler = Sampler(self.model, self.tokenizer, self.device)
         return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
 
-    def _finish(self, session: StepTimer) -> None:
-        """The end of a run: a sample of text (the samples timeline's last), the loss curve and a summary."""
+    def _finish(self, session: StepTimer, result: dict) -> None:
+        """The end of a run: a sample of text (the samples timeline's last), the loss curve and a summary
+        with `result`, the bits per byte over the whole validation split (best val bpb is the sampled windows')."""
         t = self.cfg.train
         if t.sample_tokens:
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{self.sample_text()}\n---")
@@ -530,8 +597,10 @@ class Trainer:
             plot = f"not drawn ({e.strerror}: {e.filename}; 'tinygpt plot {self.run.folder}' draws it)"
         best = f"{self.run.best_val_bpb:.4f}" if self.run.best_val_bpb is not None else "n/a"
         print(
-            f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed)} "
-            f"({session.tokens_per_s(self.tokens_per_step):,.0f} tokens/s this session); best val bpb {best}\n"
+            f"done: {self.step:,} steps, {self.tokens:,} tokens in {_duration(self.elapsed_now())} "
+            f"({session.tokens_per_s(self.tokens_per_step):,.0f} tokens/s this session); best val bpb {best} "
+            f"(sampled windows)\nresult: val bpb {result['bpb']:.4f} over the whole validation split "
+            f"({result['tokens']:,} tokens, {result['bytes']:,} bytes), final weights\n"
             f"checkpoint {self.run.step_folder(self.step)} | best {self.run.best} | curve {plot}"
         )
 
@@ -595,8 +664,16 @@ examples:
   tinygpt train --data data/other --init-from runs/cpu --out runs/finetune
 
 budget: --train.max_time (or --max-time) wins over --train.max_tokens, which wins over
---train.max_iters. A time budget is turned into a step count by timing a few steps at the
-start; that count is saved with the run, so the schedule and a resume stay exact.
+--train.max_iters. A time budget counts from the process's start to its exit (data preparation,
+evaluations, checkpoints and the end of the run included). A few timed steps give a first
+estimate of the final step; it is re-estimated at every evaluation from the measured seconds
+per step; with --train.schedule wsd the decay starts when the elapsed time reaches
+1 - --train.decay_frac of the budget. Every decision is saved in the checkpoints, so a resumed
+run replays those taken before its checkpoint and counts the time of the sessions before it.
+A resumed run given another budget keeps the decisions taken so far (a decay already started
+goes on), times a few steps again and spends what is left of the new budget (a budget smaller
+than the time already spent: one more step, then the end). A step or token budget changed on resume is a new
+final step, and the schedule stretches or shrinks to it.
 
 checkpoints: RUN/checkpoints/step-NNNNNNNNNN/ every --train.ckpt_interval steps and at the
 end (the newest --train.keep_last kept; 0 keeps all), RUN/best/ for the best validation bits
@@ -605,8 +682,9 @@ SIGINT (Ctrl-C) or SIGTERM: a checkpoint after the current step, then exit code 
 (128 + the signal); a second signal quits at once. Exact resume needs the same number of
 processes, and on CPU the same --train.threads.
 
-train bpb is the bits per byte of each logged batch; val bpb covers a fixed slice of the
-validation shards (--train.eval_windows windows; 0 = all of it).
+train bpb is the bits per byte of each logged batch; val bpb covers a fixed sample of
+--train.eval_windows windows spread evenly over the validation split (0 = all of it), which
+also picks RUN/best/; at the end the whole split is scored: the run's result.
 
 several GPUs on one machine (one process per GPU; --train.batch_size is per process):
   torchrun --standalone --nproc_per_node 8 -m tinygpt train --data DATA --config llama-110m
@@ -688,7 +766,7 @@ def run_train(args: argparse.Namespace) -> int:
         data_dir = prepare_if_needed(Path(data), run, cfg, tokenizer_from=start)
         if dist.is_main:
             barrier()
-        trainer = Trainer(cfg, data_dir, run.folder, resume=resume, init_from=init_from, dist=dist)
+        trainer = Trainer(cfg, data_dir, run.folder, resume=resume, init_from=init_from, dist=dist, started=PROCESS_START)
         stopped_by = trainer.fit()
         barrier()  # nobody tears the process group down while rank 0 still writes the sample and plot
     finally:
