@@ -82,6 +82,7 @@ def eval_windows(
     those numbered floor(i * N / max_windows), i = 0 .. max_windows - 1, the same every time, so
     that no part of the split (one shard, its first stories) stands for all of it. A shorter
     window starts a batch of its own.
+    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.check_ids).
     """
     starts = window_starts(shards, block_size)
     if 0 < max_windows < len(starts):
