@@ -338,6 +338,7 @@ def test_cli_errors_are_one_line(run, tinygpt_command, tmp_path):
         "no_tokenizer": (["inspect", no_tokenizer, "--text", "Once"], "no tokenizer"),
         "unseen": (["inspect", tmp_path / "char", "--text", "a snowman ☃"], "'☃' (U+2603)"),
         "nearest": (["inspect", run, "--nearest", "Once upon a time"], "--nearest takes one token"),
+        "nearest_unseen": (["inspect", tmp_path / "char", "--nearest", "☃"], "the --nearest token has character '☃'"),
     }
     results = tinygpt_command.run_all({name: args for name, (args, _) in cases.items()})
     for name, (_, message) in cases.items():
