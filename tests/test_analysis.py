@@ -4,6 +4,7 @@ embedding neighbours, two-checkpoint comparison, the CLI's views and errors, and
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -26,6 +27,7 @@ from tinygpt.analysis import (
 )
 from tinygpt.analysis_view import BANDS, mark_tokens, use_colour
 from tinygpt.checkpoint import save_checkpoint
+from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import Config, ModelConfig, TokenizerConfig, dump_toml, load_config
 from tinygpt.evaluate import evaluate_path
@@ -336,6 +338,7 @@ def test_cli_errors_are_one_line(run, tinygpt_command, tmp_path):
         "no_tokenizer": (["inspect", no_tokenizer, "--text", "Once"], "no tokenizer"),
         "unseen": (["inspect", tmp_path / "char", "--text", "a snowman ☃"], "'☃' (U+2603)"),
         "nearest": (["inspect", run, "--nearest", "Once upon a time"], "--nearest takes one token"),
+        "nearest_unseen": (["inspect", tmp_path / "char", "--nearest", "☃"], "the --nearest token has character '☃'"),
     }
     results = tinygpt_command.run_all({name: args for name, (args, _) in cases.items()})
     for name, (_, message) in cases.items():
@@ -343,3 +346,28 @@ def test_cli_errors_are_one_line(run, tinygpt_command, tmp_path):
         assert result.returncode == 2, f"{name}: {result.stdout} {result.stderr}"
         assert result.stderr.startswith("tinygpt inspect: error: ") and result.stderr.count("\n") == 1, result.stderr
         assert message in result.stderr, (name, result.stderr)
+
+
+def test_cli_shows_a_files_first_token_and_refuses_odd_paths_up_front(run, inspector, tinygpt_command, tmp_path, monkeypatch, capsys):
+    story = tmp_path / "story.txt"
+    story.write_text("Once upon a time, there was a fox.\n", encoding="utf-8")
+    (tmp_path / "a-file").write_text("not a folder")
+    results = tinygpt_command.run_all({
+        "file": ["inspect", run, "--file", story, "--position", "0"],
+        "empty_file": ["inspect", run, "--file", ""],
+        "empty_compare": ["inspect", run, "--text", ".", "--compare", ""],
+        "png_is_a_file": ["inspect", run, "--text", ".", "--attention-png", tmp_path / "a-file"],
+    })
+    shown = results["file"].stdout
+    assert results["file"].returncode == 0, results["file"].stderr
+    first = inspector.tokenizer.decode(inspector.tokenizer.encode("Once")[:1])
+    assert shown.splitlines()[2].startswith(first)  # the first token is context only, but part of the text
+    assert f'the first, "{first}", is context only' in shown and f'first "{first}"' in shown  # a key named, not "start"
+    for name, message in {"empty_file": "--file is empty", "empty_compare": "--compare is empty",
+                          "png_is_a_file": "a-file is a file: give a folder"}.items():  # fmt: skip
+        result = results[name]
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, (name, result.stderr)
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Once \xff upon")))
+    assert main(["inspect", str(run)]) == 2
+    assert capsys.readouterr().err == "tinygpt inspect: error: the text on standard input is not UTF-8: byte 0xff at offset 5\n"

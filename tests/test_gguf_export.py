@@ -23,7 +23,7 @@ import torch
 
 from tinygpt import gguf_export
 from tinygpt.cli import main
-from tinygpt.common import TinyGPTError
+from tinygpt.common import TinyGPTError, atomic_write_bytes
 from tinygpt.config import ModelConfig
 from tinygpt.export import CardInfo
 from tinygpt.generate import generate_ids
@@ -396,3 +396,12 @@ def test_cli_refuses_the_seed_model_in_one_line(char_data, tmp_path, tinygpt_com
     assert result.stderr.startswith("tinygpt export: error: cannot export to llama.cpp's gpt2 architecture: "
                                     "its MLP is always GELU, and this model's is relu")
     assert not (tmp_path / "seed.gguf").exists()
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next(tmp_path):
+    """SIGTERM or SIGKILL skips the clean-up of common.atomic_file: the next export of that name sweeps it."""
+    leftover = tmp_path / ".m.gguf.k1ll3d.tmp"
+    leftover.write_bytes(b"GGUF half")
+    (tmp_path / ".other.gguf.k1ll3d.tmp").write_bytes(b"another file's")
+    atomic_write_bytes(tmp_path / "m.gguf", b"GGUF whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.gguf.k1ll3d.tmp", "m.gguf"]

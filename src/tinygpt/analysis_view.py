@@ -93,9 +93,17 @@ def legend(bands, colour: bool, plain_mark: float, what: str) -> str:
 # ---------------------------------------------------------------- the views
 
 
+def unscored_start(inspector: Inspector, ids: np.ndarray) -> str:
+    """The text of the context token ids[0] when it is part of the text (a --file's first token, which
+    `tinygpt eval` reads only as context), "" when it is the end-of-text token a --text is read after."""
+    first = int(ids[0])
+    return "" if first == inspector.tokenizer.eot_id else display(inspector.piece(first))
+
+
 def surprisal_view(inspector: Inspector, scores: Scores, colour: bool) -> list[str]:
     pieces = [inspector.piece(int(t)) for t in scores.ids[1:]]
-    lines = [mark_tokens(pieces, scores.bits, BANDS, PLAIN_MARK_BITS, colour), "", legend(BANDS, colour, PLAIN_MARK_BITS, "surprisal"), ""]
+    text = unscored_start(inspector, scores.ids) + mark_tokens(pieces, scores.bits, BANDS, PLAIN_MARK_BITS, colour)
+    lines = [text, "", legend(BANDS, colour, PLAIN_MARK_BITS, "surprisal"), ""]
     order = np.argsort(-scores.bits, kind="stable")[:MOST_SURPRISING]
     lines.append(f"the {len(order)} most surprising tokens, and what the model expected instead:")
     lines.append(f"{'token #':>8}  {'token':<16}{'bits':>6}{'p':>9}{'rank':>7}  expected")
@@ -143,11 +151,11 @@ def lens_view(inspector: Inspector, scores: Scores) -> list[str]:
 def position_view(inspector: Inspector, detail: dict, top_keys: int = 3) -> list[str]:
     name = quoted(detail["token"])
     lines = [f"token #{detail['position']} {name}: attention from it (the {top_keys} keys each head weighs most)"]
-    keys = detail["keys"]
+    keys, eot = detail["keys"], inspector.tokenizer.eot_id
     for l, layer in zip(detail["layers"], detail["attention"]):
         for h, weights in zip(detail["heads"], layer):
             best = np.argsort(-np.array(weights), kind="stable")[:top_keys]
-            where = ", ".join(f"{_key_name(detail['key_start'] + j, keys[j])} {weights[j]:.2f}" for j in best)
+            where = ", ".join(f"{_key_name(detail['key_start'] + j, keys[j], eot)} {weights[j]:.2f}" for j in best)
             lines.append(f"  layer {l} head {h}: {where}")
     after = f" (the token that came: {quoted(detail['next'])})" if detail["next"] else ""
     lines.append(f"logit lens after {name}: each layer's likeliest next tokens{after}")
@@ -160,9 +168,12 @@ def position_view(inspector: Inspector, detail: dict, top_keys: int = 3) -> list
     return lines
 
 
-def _key_name(position: int, piece: dict) -> str:
-    """A key: "start" for the token the text is read after, else its number (as the tokens are numbered) and text."""
-    return "start" if position == 0 else f"#{position - 1} {quoted(piece, 14)}"
+def _key_name(position: int, piece: dict, eot_id: int) -> str:
+    """A key: "start" for the end-of-text token a text is read after, else its number (as the tokens are
+    numbered; a --file's first token, context only, is "first") and text."""
+    if position == 0:
+        return "start" if piece["id"] == eot_id else f"first {quoted(piece, 14)}"
+    return f"#{position - 1} {quoted(piece, 14)}"
 
 
 def _p(p: float) -> str:
@@ -174,7 +185,7 @@ def compare_view(inspector: Inspector, result: dict, names: tuple[str, str], col
     pieces = [inspector.piece(int(t)) for t in after.ids[1:]]
     lines = [
         f"surprisal under {names[1]} minus under {names[0]}, per token (negative: learned):",
-        mark_tokens(pieces, delta, DELTA_BANDS, PLAIN_MARK_DELTA, colour, signed=True),
+        unscored_start(inspector, after.ids) + mark_tokens(pieces, delta, DELTA_BANDS, PLAIN_MARK_DELTA, colour, signed=True),
         "",
         legend(DELTA_BANDS, colour, PLAIN_MARK_DELTA, "change") if colour else f"[token ±N]: a change of at least {PLAIN_MARK_DELTA:g} bits",
         "",
@@ -266,10 +277,15 @@ def _check_arguments(args) -> None:
         raise TinyGPTError(f"--threads must not be negative, got {args.threads}")
     if (args.layer is not None or args.head is not None) and args.position is None:
         raise TinyGPTError("--layer and --head choose what --position shows: give --position too")
+    for flag in ("file", "compare", "attention_png"):
+        if getattr(args, flag) == "":
+            raise TinyGPTError(f"--{flag.replace('_', '-')} is empty: give a path")
+    if args.attention_png and Path(args.attention_png).exists() and not Path(args.attention_png).is_dir():
+        raise TinyGPTError(f"--attention-png {args.attention_png} is a file: give a folder for the heat-maps")
 
 
 def _read_ids(inspector: Inspector, args, stack) -> np.ndarray | None:
-    if args.file:
+    if args.file is not None:
         return stack.enter_context(file_ids(inspector, args.file))
     text = args.text
     if text is None:
@@ -277,15 +293,16 @@ def _read_ids(inspector: Inspector, args, stack) -> np.ndarray | None:
             return None
         if sys.stdin is None or sys.stdin.isatty():
             raise TinyGPTError("give a text to inspect: --text TEXT, --file FILE, or pipe it on standard input")
+        data = sys.stdin.buffer.read()  # bytes: a text stream would turn bad bytes into lone surrogates
         try:
-            text = sys.stdin.read().removesuffix("\n")
-        except UnicodeDecodeError:
-            raise TinyGPTError("the text on standard input is not UTF-8") from None
+            text = data.decode("utf-8").removesuffix("\n")
+        except UnicodeDecodeError as e:
+            raise TinyGPTError(f"the text on standard input is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}") from None
     return inspector.encode(text)
 
 
 def _one_token(inspector: Inspector, text: str) -> int:
-    ids = inspector.tokenizer.encode_prompt(text)
+    ids = inspector.tokenizer.encode_prompt(text, "--nearest token")
     if len(ids) != 1:
         shown = " ".join(quoted(inspector.piece(t)) for t in ids) or "no tokens"
         raise TinyGPTError(f"--nearest takes one token; {text!r} is {shown}")
@@ -320,7 +337,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                 detail = inspector.position_json(ids, args.position, args.top_k, args.layer, args.head)
                 result["position_detail"] = detail
                 lines += [""] + position_view(inspector, detail)
-            if args.compare:
+            if args.compare is not None:
                 lines += [""] + _compare(inspector, ids, args, result, colour)
             if args.attention_png:
                 paths = write_attention_pngs(inspector, ids, Path(args.attention_png))
@@ -350,9 +367,11 @@ def _header(inspector: Inspector, result: dict) -> str:
         f"{windows} windows of {cfg.block_size} tokens (each window starts afresh)" if windows > 1
         else f"one window (context {cfg.block_size})"
     )
+    first = result["context"][0]
+    context = "" if first["id"] == inspector.tokenizer.eot_id else f" scored (the first, {quoted(first)}, is context only, as in `tinygpt eval`)"
     return (
         f"{result['checkpoint']}{step}: {cfg.family}, {cfg.n_layer} layers x {cfg.n_head} heads, "
-        f"{inspector.tokenizer.kind} tokenizer | {result['n_tokens']:,} tokens in {split}"
+        f"{inspector.tokenizer.kind} tokenizer | {result['n_tokens']:,} tokens{context} in {split}"
     )
 
 

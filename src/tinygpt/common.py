@@ -79,12 +79,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     rename it over `path`.
 
     For a writer that wants a path rather than bytes in memory (the GGUF writer streams its
-    tensors). A crash leaves either the old file or the new one, never half of one. When the
+    tensors). A crash leaves either the old file or the new one, never half of one; at worst a
+    `.NAME.*.tmp` sibling (SIGKILL, SIGTERM), which the next writer of `path` removes. When the
     block raises, the temporary file is deleted and `path` is untouched.
 
     Raises OSError (a full disk, no permission) from the file system, naming `path`, after cleaning up.
     """
     path = Path(path)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with naming_errors(path):  # a write() on a full disk names no file: it is `path`'s
