@@ -582,8 +582,12 @@ class Trainer:
         from .generate import Sampler
 
         t = self.cfg.train
-        sampler = Sampler(self.model, self.tokenizer, self.device)
-        return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
+        was_training = self.model.training  # a Sampler puts the model in eval mode: dropout would stay off
+        try:
+            sampler = Sampler(self.model, self.tokenizer, self.device)
+            return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
+        finally:
+            self.model.train(was_training)
 
     def _finish(self, session: StepTimer, result: dict) -> None:
         """The end of a run: a sample of text (the samples timeline's last), the loss curve and a summary
