@@ -303,9 +303,13 @@ def read_training_state(
             f"{folder} was written by {progress['world_size']} process(es), this run has {world_size}: "
             "resume with the same number (or start a new run from it with --init-from)"
         )
+    try:
+        optimizer = {name: _optimizer_state(part) for name, part in load_tree(folder / OPTIMIZER).items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TinyGPTError(f"cannot read {folder / OPTIMIZER}: it is not an optimizer's state ({e!r})") from None
     return {
         "model": read_weights(folder / WEIGHTS),
-        "optimizer": {name: _optimizer_state(part) for name, part in load_tree(folder / OPTIMIZER).items()},
+        "optimizer": optimizer,
         "rank": load_tree(folder / rank_file(rank)),
         "progress": progress,
     }
