@@ -13,6 +13,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers
 
 from tinygpt import tokenizers
 from tinygpt.documents import split_documents
@@ -194,7 +195,8 @@ def test_a_token_that_does_not_encode_to_itself_keeps_tokenizers(capsys):
     # merged), but tiktoken returns a piece that is a whole token, "abc", as is.
     alphabet = {c: i for i, c in enumerate(BYTE_OF_CHAR)}
     merges = [("b", "c"), ("a", "b"), ("ab", "c")]
-    hf = tokenizers._hf_byte_level(alphabet | {a + b: 256 + i for i, (a, b) in enumerate(merges)}, merges)
+    hf = HFTokenizer(models.BPE(alphabet | {a + b: 256 + i for i, (a, b) in enumerate(merges)}, merges))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     ranks = {bytes([BYTE_OF_CHAR[c]]): i for c, i in alphabet.items()} | {b"bc": 256, b"ab": 257, b"abc": 258}
     raw = tiktoken.Encoding("raw", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
     assert hf.encode("abc").ids == [alphabet["a"], 256] and raw.encode_ordinary("abc") == [258]

@@ -195,17 +195,6 @@ def _byte_level_alphabet() -> dict[str, int]:
 BYTE_OF_CHAR = _byte_level_alphabet()
 
 
-def _hf_byte_level(vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None):
-    """A `tokenizers` byte-level BPE as this module trains it: the GPT-2 split, no prefix space, nothing else."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers
-
-    tok = HFTokenizer(models.BPE(vocab, merges) if vocab is not None else models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
 def tiktoken_twin(hf_tokenizer) -> tuple[object | None, str]:
     """A tiktoken Encoding that encodes exactly as `hf_tokenizer` does, or (None, the reason there is none).
 
@@ -360,11 +349,21 @@ class BPETokenizer(Tokenizer):
         if reason and multiprocessing.parent_process() is None:  # worker processes: their parent has said it
             print(f"tinygpt: note: BPE encoding uses tokenizers, not the faster tiktoken: {reason}", file=sys.stderr)
 
+    @staticmethod
+    def _empty():
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         from tokenizers import pre_tokenizers, trainers
 
-        tok = _hf_byte_level()
+        tok = cls._empty()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - 1,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
