@@ -93,9 +93,13 @@ def measure(command: list, env: dict | None = None) -> dict:
     }
 
 
+def prepare_command(corpus: Path, out: Path, *options) -> list:
+    """The `tinygpt prepare` command line that writes `corpus` into `out`, replacing what is there."""
+    return [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force", *options]
+
+
 def memory_run(corpus: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force"]
-    result = measure([*command, "--tokenizer", "bpe", "--vocab-size", "4096"])
+    result = measure(prepare_command(corpus, out, "--tokenizer", "bpe", "--vocab-size", "4096"))
     size = corpus.stat().st_size
     summary = result.pop("stdout").strip().splitlines()
     del result["stderr"]
@@ -171,19 +175,8 @@ def without_tiktoken(work: Path) -> dict[str, str]:
 
 def prepare_command_run(corpus: Path, out: Path, tokenizer: Path, env: dict | None) -> dict:
     """`tinygpt prepare` reusing `tokenizer`, in its own process: wall, CPU of all processes, peak RSS."""
-    command = [
-        sys.executable,
-        "-m",
-        "tinygpt",
-        "prepare",
-        corpus,
-        "--out",
-        out,
-        "--force",
-        "--tokenizer-from",
-        tokenizer,
-    ]
-    result = measure([*command, "--tokenizer", "bpe", "--vocab-size", "4096"], env=env)
+    options = ["--tokenizer-from", tokenizer, "--tokenizer", "bpe", "--vocab-size", "4096"]
+    result = measure(prepare_command(corpus, out, *options), env=env)
     hidden = "BPE encoding uses tokenizers" in result.pop("stderr")
     if hidden != (env is not None):
         raise SystemExit(f"the BPE engine was not the one meant (tiktoken hidden: {env is not None})")
@@ -244,20 +237,7 @@ def bpe_throughput(corpus: Path, work: Path, repeats: int) -> None:
 
 def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
     runs = [prepare_rates(corpus, work / "tp-char", **{"tokenizer.kind": "char"}) for _ in range(repeats)]
-    cli = measure(
-        [
-            sys.executable,
-            "-m",
-            "tinygpt",
-            "prepare",
-            corpus,
-            "--out",
-            work / "tp-char",
-            "--force",
-            "--tokenizer",
-            "char",
-        ]
-    )
+    cli = measure(prepare_command(corpus, work / "tp-char", "--tokenizer", "char"))
     emit(
         {
             "bench": "throughput_char",
