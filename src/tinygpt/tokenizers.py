@@ -184,15 +184,16 @@ class CharTokenizer(Tokenizer):
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """The byte each of byte-level BPE's 256 stand-in characters spells (openai/gpt-2 src/encoder.py,
-    bytes_to_unicode: printable Latin-1 bytes stand for themselves, the others for 256, 257, ...)."""
+def _byte_level_alphabet() -> list[str]:
+    """The character byte-level BPE spells each byte 0..255 with (GPT-2's bytes_to_unicode, as
+    Hugging Face's ByteLevel uses): printable Latin-1 bytes stand for themselves, the other 68
+    take the code points from U+0100 on, in byte order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+    extra = iter(range(256, 256 + 256 - len(printable)))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-BYTE_OF_CHAR = _byte_level_alphabet()
+BYTE_OF_CHAR = {char: byte for byte, char in enumerate(_byte_level_alphabet())}  # stand-in character -> byte
 
 
 def tiktoken_twin(hf_tokenizer) -> tuple[object | None, str]:
@@ -412,10 +413,9 @@ class BPETokenizer(Tokenizer):
 
     def vocab_bytes(self) -> list[bytes]:
         # Byte-level tokens are spelled with one stand-in character per byte (GPT-2's byte map).
-        byte_of = {char: byte for byte, char in enumerate(_byte_level_alphabet())}
         out = [b""] * self.vocab_size
         for token, i in self._tok.get_vocab().items():
-            out[i] = bytes(byte_of[char] for char in token)
+            out[i] = bytes(BYTE_OF_CHAR[char] for char in token)
         out[self.eot_id] = EOT_SEPARATOR.encode()
         return out
 
@@ -534,15 +534,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _content(self) -> bytes:
         return b"sentencepiece\0" + self._bytes
-
-
-def _byte_level_alphabet() -> list[str]:
-    """The character byte-level BPE spells each byte 0..255 with (GPT-2's bytes_to_unicode, as
-    Hugging Face's ByteLevel uses): printable Latin-1 bytes stand for themselves, the other 68
-    take the code points from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 256 + 256 - len(printable)))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
 def _codepoints(text: str) -> np.ndarray:
