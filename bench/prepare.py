@@ -1,6 +1,6 @@
 """Benchmark `tinygpt prepare`: memory against corpus size, throughput against the libraries alone.
 
-usage: python bench/prepare.py [--sizes 100M,2G] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
+usage: python bench/prepare.py [--sizes 100M,2G] [--bpe-size 100M] [--char-size 100M] [--repeats 3]
                                [--workdir DIR] [--skip-baseline]      (a size of '' skips that part)
 
 Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file. Prints JSON lines:
@@ -8,10 +8,10 @@ Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file.
                     peaks of the parent and every worker (psutil polls the process tree), and the highest
                     simultaneous total seen
   memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the smallest size
-  throughput_bpe    prepare's encoding (reusing the tokenizer) vs the `tokenizers` library's own encode_batch
-                    over the same documents with all cores, interleaved, best of --repeats; in wall-clock
-                    MB/s and in MB per CPU-second (all threads and worker processes), which other work on
-                    the machine disturbs much less
+  throughput_bpe    `tinygpt prepare` reusing a 4096-token BPE, encoding with `tokenizers` (tiktoken hidden
+                    from it) and with tiktoken, interleaved, --repeats each: MB per CPU-second (all threads
+                    and processes), which other work on the machine disturbs much less, wall-clock MB/s and
+                    peak RSS; and each library alone over the same documents with all cores
   throughput_char   prepare with the char tokenizer end to end (training included), best of --repeats
 Every line carries the load average, since other work on the machine slows both sides.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from baseline import SEED_RECIPE, TRAIN, VALID, emit
@@ -53,10 +55,12 @@ def make_corpus(folder: Path, size: int) -> Path:
     return path
 
 
-def measure(command: list) -> dict:
-    """Run `command`, polling the RSS of it and all its descendants every 20 ms."""
-    start = time.perf_counter()
-    process = psutil.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def measure(command: list, env: dict | None = None) -> dict:
+    """Run `command`, polling the RSS of it and all its descendants every 20 ms; also their CPU time."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    process = psutil.Popen(
+        [str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     peaks: dict[int, int] = {}
     simultaneous = 0
     while process.poll() is None:
@@ -79,19 +83,26 @@ def measure(command: list) -> dict:
         raise SystemExit(f"{' '.join(map(str, command))} failed:\n{stderr}")
     return {
         "wall_s": round(time.perf_counter() - start, 2),
+        "cpu_s": round(cpu_seconds() - cpu, 2),  # with the finished workers (the command waits for them)
         "peak_rss_mb_sum_of_process_peaks": round(sum(peaks.values()) / 1e6),
         "peak_rss_mb_simultaneous": round(simultaneous / 1e6),
         "largest_process_mb": round(max(peaks.values()) / 1e6),
         "processes": len(peaks),
         "stdout": stdout,
+        "stderr": stderr,
     }
 
 
+def prepare_command(corpus: Path, out: Path, *options) -> list:
+    """The `tinygpt prepare` command line that writes `corpus` into `out`, replacing what is there."""
+    return [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force", *options]
+
+
 def memory_run(corpus: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force"]
-    result = measure([*command, "--tokenizer", "bpe", "--vocab-size", "4096"])
+    result = measure(prepare_command(corpus, out, "--tokenizer", "bpe", "--vocab-size", "4096"))
     size = corpus.stat().st_size
     summary = result.pop("stdout").strip().splitlines()
+    del result["stderr"]
     return {
         "bench": "memory",
         "command": "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096",
@@ -106,6 +117,7 @@ def baseline_run(corpus: Path) -> dict:
     result = measure([sys.executable, SEED_RECIPE, corpus, VALID, "--prep-only"])
     size = corpus.stat().st_size
     own = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    del result["stderr"]
     return {
         "bench": "memory_baseline",
         "command": "python ../shared/baselines/seed_recipe.py CORPUS VALID --prep-only",
@@ -117,7 +129,7 @@ def baseline_run(corpus: Path) -> dict:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process (all its threads) and of its finished child processes."""
+    """CPU time of this process (all its threads) and of its finished descendants (those waited for)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -129,11 +141,8 @@ def rates(nbytes: int, work) -> tuple[float, float]:
     return nbytes / (time.perf_counter() - wall) / 1e6, nbytes / (cpu_seconds() - cpu) / 1e6
 
 
-def library_rates(documents: list[str], tokenizer_file: Path, method: str) -> tuple[float, float]:
-    """The `tokenizers` library alone over slices of ~1M characters, with all cores (its default)."""
-    from tokenizers import Tokenizer
-
-    encode = getattr(Tokenizer.from_file(str(tokenizer_file)), method)
+def library_rates(documents: list[str], encode) -> tuple[float, float]:
+    """A library alone, `encode(batch)` over slices of ~1M characters."""
     batches, batch, size = [], [], 0
     for doc in documents:
         batch.append(doc)
@@ -142,45 +151,93 @@ def library_rates(documents: list[str], tokenizer_file: Path, method: str) -> tu
             batches.append(batch)
             batch, size = [], 0
     batches.append(batch)
-    return rates(sum(len(d.encode()) for d in documents), lambda: [encode(b, add_special_tokens=False) for b in batches])
+    return rates(sum(len(d.encode()) for d in documents), lambda: [len(encode(b)) for b in batches])  # nothing kept
 
 
 def prepare_rates(corpus: Path, out: Path, tokenizer_from: Path | None = None, **overrides: str) -> tuple[float, float]:
     cfg = load_config(None, {"data.val_fraction": "0", **overrides})
     shutil.rmtree(out, ignore_errors=True)
     tokenizer = tokenizer_from and str(tokenizer_from)
-    return rates(corpus.stat().st_size, lambda: prepare([str(corpus)], out, cfg, tokenizer_from=tokenizer, progress=False))
+    return rates(
+        corpus.stat().st_size, lambda: prepare([str(corpus)], out, cfg, tokenizer_from=tokenizer, progress=False)
+    )
+
+
+def without_tiktoken(work: Path) -> dict[str, str]:
+    """An environment in which `import tiktoken` fails, so that `tinygpt prepare` and its workers
+    encode BPE with `tokenizers` alone, as before tiktoken."""
+    shim = work / "no-tiktoken"
+    shim.mkdir(exist_ok=True)
+    (shim / "tiktoken.py").write_text('raise ImportError("hidden by bench/prepare.py")\n')
+    paths = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def prepare_command_run(corpus: Path, out: Path, tokenizer: Path, env: dict | None) -> dict:
+    """`tinygpt prepare` reusing `tokenizer`, in its own process: wall, CPU of all processes, peak RSS."""
+    options = ["--tokenizer-from", tokenizer, "--tokenizer", "bpe", "--vocab-size", "4096"]
+    result = measure(prepare_command(corpus, out, *options), env=env)
+    hidden = "BPE encoding uses tokenizers" in result.pop("stderr")
+    if hidden != (env is not None):
+        raise SystemExit(f"the BPE engine was not the one meant (tiktoken hidden: {env is not None})")
+    size = corpus.stat().st_size
+    return {
+        "wall": size / result["wall_s"] / 1e6,
+        "cpu": size / result["cpu_s"] / 1e6,
+        "rss": result["peak_rss_mb_sum_of_process_peaks"],
+    }
 
 
 def bpe_throughput(corpus: Path, work: Path, repeats: int) -> None:
-    bpe = {"tokenizer.kind": "bpe", "tokenizer.vocab_size": "4096"}
-    with_training = prepare_rates(corpus, work / "tp-trained", **bpe)[0]
+    """`tinygpt prepare` with `tokenizers` (tiktoken hidden) and with tiktoken, interleaved, and each
+    library alone with all cores; the tokenizer is trained once, by the first run."""
+    from tokenizers import Tokenizer
+
+    from tinygpt.tokenizers import tiktoken_twin
+
+    with_training = prepare_rates(
+        corpus, work / "tp-trained", **{"tokenizer.kind": "bpe", "tokenizer.vocab_size": "4096"}
+    )
     trained = tokenizer_dir(work / "tp-trained")
+    library = Tokenizer.from_file(str(trained / "bpe.json"))
+    twin, reason = tiktoken_twin(library)
+    if twin is None:
+        raise SystemExit(f"tiktoken cannot encode this tokenizer: {reason}")
+    libraries = {
+        "tokenizers_encode_batch_fast": lambda batch: library.encode_batch_fast(batch, add_special_tokens=False),
+        "tiktoken_encode_ordinary_batch": lambda batch: twin.encode_ordinary_batch(batch, num_threads=available_cpus()),
+    }
     documents = split_documents(corpus.read_text(encoding="utf-8"))
-    runs = {"encode_batch": [], "encode_batch_fast": [], "prepare": []}
-    for _ in range(repeats):  # interleaved, so all three see the same machine
-        for method in ("encode_batch", "encode_batch_fast"):
-            runs[method].append(library_rates(documents, trained / "bpe.json", method))
-        runs["prepare"].append(prepare_rates(corpus, work / "tp-bpe", trained, **bpe))
+    library_runs = {
+        name: [library_rates(documents, encode) for _ in range(repeats)] for name, encode in libraries.items()
+    }
     del documents
-    best = {name: (max(w for w, _ in r), max(c for _, c in r)) for name, r in runs.items()}
+    engines = {"tokenizers": without_tiktoken(work), "tiktoken": None}
+    runs = {name: [] for name in engines}
+    for _ in range(repeats):  # interleaved, so both see the same machine
+        for name, env in engines.items():
+            runs[name].append(prepare_command_run(corpus, work / "tp-bpe", trained, env))
+    best = {name: max(r["cpu"] for r in rs) for name, rs in runs.items()}
+    median = {name: float(np.median([r["cpu"] for r in rs])) for name, rs in runs.items()}
     emit(
         {
             "bench": "throughput_bpe",
             "input_mb": round(corpus.stat().st_size / 1e6),
             "cores": available_cpus(),
-            **{f"{name}_mbps_wall": [round(w, 2) for w, _ in r] for name, r in runs.items()},
-            **{f"{name}_mb_per_cpu_s": [round(c, 2) for _, c in r] for name, r in runs.items()},
-            "ratio_wall_best": round(best["prepare"][0] / best["encode_batch"][0], 3),
-            "ratio_cpu_best": round(best["prepare"][1] / best["encode_batch"][1], 3),
-            "prepare_with_tokenizer_training_mbps_wall": round(with_training, 2),
+            **{f"{name}_mb_per_cpu_s": [round(c, 2) for _, c in r] for name, r in library_runs.items()},
+            **{f"prepare_{name}_mbps_wall": [round(r["wall"], 2) for r in rs] for name, rs in runs.items()},
+            **{f"prepare_{name}_mb_per_cpu_s": [round(r["cpu"], 2) for r in rs] for name, rs in runs.items()},
+            **{f"prepare_{name}_peak_rss_mb": [r["rss"] for r in rs] for name, rs in runs.items()},
+            "speedup_per_cpu_s_best": round(best["tiktoken"] / best["tokenizers"], 3),
+            "speedup_per_cpu_s_median": round(median["tiktoken"] / median["tokenizers"], 3),
+            "prepare_with_tokenizer_training_mbps_wall": round(with_training[0], 2),
         }
     )
 
 
 def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
     runs = [prepare_rates(corpus, work / "tp-char", **{"tokenizer.kind": "char"}) for _ in range(repeats)]
-    cli = measure([sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", work / "tp-char", "--force", "--tokenizer", "char"])
+    cli = measure(prepare_command(corpus, work / "tp-char", "--tokenizer", "char"))
     emit(
         {
             "bench": "throughput_char",
@@ -196,7 +253,7 @@ def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100M,2G", help="corpus sizes of the memory runs ('' for none)")
-    parser.add_argument("--bpe-size", default="30M", help="corpus size of the BPE throughput runs")
+    parser.add_argument("--bpe-size", default="100M", help="corpus size of the BPE throughput runs")
     parser.add_argument("--char-size", default="100M", help="corpus size of the char throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", help="where corpora and outputs go (default: a temporary folder, removed)")
