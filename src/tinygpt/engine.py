@@ -469,12 +469,23 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
-        """One scheduling step; returns the sequences that got a token or finished in it."""
-        touched = self._finish_stopped()
-        self._admit()
-        touched += self._prefill()
-        touched += self._decode()
-        touched += self._finish_stopped()
+        """One scheduling step; returns the sequences that got a token or finished in it.
+
+        The model runs in eval mode (no dropout) and is back in its own mode after: a trainer
+        may sample between its steps and go on exactly as if it had not.
+        """
+        training = self.model.training
+        if training:  # a walk over every module: only when there is something to change
+            self.model.eval()
+        try:
+            touched = self._finish_stopped()
+            self._admit()
+            touched += self._prefill()
+            touched += self._decode()
+            touched += self._finish_stopped()
+        finally:
+            if training:
+                self.model.train()
         return list(dict.fromkeys(touched))
 
     def _admit(self) -> None:

@@ -47,10 +47,7 @@ def params_of(params: SamplingParams | None, fields: dict) -> SamplingParams:
 
 def run(engine: Engine, seqs: list[Sequence]) -> Iterator[Sequence]:
     """Step the engine until every sequence is done, yielding each sequence that got a token or
-    finished in a step. The model is in eval mode meanwhile (no dropout), and back in its own
-    mode after; closing the iterator early stops the sequences."""
-    was_training = engine.model.training
-    engine.model.eval()
+    finished in a step. Closing the iterator early stops the sequences."""
     for seq in seqs:
         engine.add(seq)
     try:
@@ -61,7 +58,6 @@ def run(engine: Engine, seqs: list[Sequence]) -> Iterator[Sequence]:
             seq.stop()
         while engine.busy:  # free their rows (no token is drawn for a stopping sequence)
             engine.step()
-        engine.model.train(was_training)
 
 
 def generate_ids(
@@ -233,7 +229,7 @@ class Sampler:
             raise TinyGPTError(
                 f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tokenizer.vocab_size}"
             )
-        self.model = model.to(device).eval()
+        self.model = model.to(device)  # its mode stays its own: each engine step runs it in eval mode
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = decode_dtype(self.model, dtype)  # float16 weights on x86 CPUs; float32 is exact

@@ -582,12 +582,8 @@ class Trainer:
         from .generate import Sampler
 
         t = self.cfg.train
-        was_training = self.model.training  # a Sampler puts the model in eval mode: dropout would stay off
-        try:
-            sampler = Sampler(self.model, self.tokenizer, self.device)
-            return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
-        finally:
-            self.model.train(was_training)
+        sampler = Sampler(self.model, self.tokenizer, self.device)  # the engine's steps leave the model in its own mode
+        return sampler.generate("", max_new_tokens=t.sample_tokens, temperature=1.0, seed=t.seed, stop_at_eot=False)
 
     def _finish(self, session: StepTimer, result: dict) -> None:
         """The end of a run: a sample of text (the samples timeline's last), the loss curve and a summary
