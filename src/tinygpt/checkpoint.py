@@ -305,6 +305,8 @@ def read_training_state(
         )
     try:
         optimizer = {name: _optimizer_state(part) for name, part in load_tree(folder / OPTIMIZER).items()}
+        if not optimizer:
+            raise ValueError("no optimizer in it")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TinyGPTError(f"cannot read {folder / OPTIMIZER}: it is not an optimizer's state ({e!r})") from None
     return {
