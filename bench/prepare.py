@@ -100,31 +100,29 @@ def prepare_command(corpus: Path, out: Path, *options) -> list:
 
 def memory_run(corpus: Path, out: Path) -> dict:
     result = measure(prepare_command(corpus, out, "--tokenizer", "bpe", "--vocab-size", "4096"))
-    size = corpus.stat().st_size
     summary = result.pop("stdout").strip().splitlines()
-    del result["stderr"]
-    return {
-        "bench": "memory",
-        "command": "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096",
-        "input_mb": round(size / 1e6),
-        **result,
-        "rss_bytes_per_input_byte": round(result["peak_rss_mb_sum_of_process_peaks"] * 1e6 / size, 3),
-        "summary": [line for line in summary if line.startswith("prepared")],
-    }
+    return _memory_row("memory", "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096", corpus, result,
+                       summary=[line for line in summary if line.startswith("prepared")])  # fmt: skip
 
 
 def baseline_run(corpus: Path) -> dict:
     result = measure([sys.executable, SEED_RECIPE, corpus, VALID, "--prep-only"])
-    size = corpus.stat().st_size
     own = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    return _memory_row("memory_baseline", "python ../shared/baselines/seed_recipe.py CORPUS VALID --prep-only", corpus,
+                       result, its_own_report=own)  # fmt: skip
+
+
+def _memory_row(bench: str, command: str, corpus: Path, result: dict, **extra) -> dict:
+    """One memory result: peak RSS of all processes, also per input byte."""
+    size = corpus.stat().st_size
     del result["stderr"]
     return {
-        "bench": "memory_baseline",
-        "command": "python ../shared/baselines/seed_recipe.py CORPUS VALID --prep-only",
+        "bench": bench,
+        "command": command,
         "input_mb": round(size / 1e6),
         **result,
         "rss_bytes_per_input_byte": round(result["peak_rss_mb_sum_of_process_peaks"] * 1e6 / size, 3),
-        "its_own_report": own,
+        **extra,
     }
 
 

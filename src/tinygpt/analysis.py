@@ -298,7 +298,7 @@ def position_detail(model: GPT, ids: np.ndarray | list[int], position: int, top_
     """Attention from target `position` (0-based among the targets ids[1:]) and the logit lens at it.
 
     Runs only its window up to that position, with the output head and the attention weights
-    for that position alone (bench/inspect.py: about 80 ms of one CPU thread for the 15M shape).
+    for that position alone (bench/inspection.py: about 80 ms of one CPU thread for the 15M shape).
     Raises TinyGPTError when position is out of range.
     """
     ids = np.asarray(ids, dtype=np.int64)

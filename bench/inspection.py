@@ -8,8 +8,8 @@ Random weights (speed and size do not depend on training) and a stand-in char to
 32,000 characters (one-character pieces; the size with 8-character pieces, longer than
 SentencePiece's average, is given too).
 
-    python bench/inspect.py                  # = --repeats 7 --threads 1
-    python bench/inspect.py --hot-paths      # training-step and sampling speed, for comparing checkouts
+    python bench/inspection.py                  # = --repeats 7 --threads 1
+    python bench/inspection.py --hot-paths      # training-step and sampling speed, for comparing checkouts
 
 --hot-paths times what inspection must not slow down: a training step of the `seed` preset's model
 (dropout on, the CPU attention path that now calls model.attention_weights) and 300 sampled tokens
