@@ -1,13 +1,29 @@
 """The project's one definition of bits per byte, and the evaluation pass that measures it.
 
 A model's loss is in nats per token, and a token means different amounts of text to
-different tokenizers (one character, or a whole word). Bits per byte divides that out:
+different tokenizers (one character, or a whole word). Bits per byte divides that out, by
+this definition, exact on any file:
 
-    bpb = (sum over target tokens of -log2 p(token)) / (UTF-8 bytes those target tokens stand for)
+    For a text file, let t1 ... tn be the tokens the reader produces from it: its documents,
+    and one end-of-text token for each separator line present in the file (none invented;
+    empty documents kept as their tokens), and t0 = end-of-text (a text is always preceded by
+    it, as a document in the training stream is). Then
 
-The bytes of a token come from `Tokenizer.token_bytes()`; the end-of-text token stands for
-the separator line "<|endoftext|>\\n" (14 bytes). The sums run over every target token, so a
-shorter last window weighs exactly as much as its tokens, not as much as a full window.
+        bits = sum over i = 1 .. n of -log2 p(t_i | t_0 ... t_{i-1}),
+
+    scored in non-overlapping context windows over the one stream t0 ... tn, whatever the
+    shards, and bpb = bits / S, where S is the number of source bytes the reader consumed,
+    counted by the reader (a \\r\\n that became \\n counts 2, a dropped byte-order mark 3, a
+    replaced byte its own size): S is the file's size. For .jsonl/.json, S is the UTF-8 bytes
+    of the text fields plus 14 per end-of-text token (the size of the same documents written
+    as a separator-delimited .txt).
+
+A prepared folder holds each split as such a stream and records its S (prepare.py); a pass
+over the whole split divides by it. A partial pass (training's periodic evaluation of the
+first train.eval_windows windows) divides by the bytes its target tokens stand for
+(`Tokenizer.token_bytes()`: the end-of-text token 14, a char tokenizer's <unk> 1), an
+estimate, and says so. The sums run over every target token, so a shorter last window
+weighs exactly as much as its tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from .distributed import all_reduce_sum
-from .loader import eval_windows
+from .loader import eval_window_count, eval_windows
 from .shards import ShardSet, is_prepared
 
 
@@ -41,12 +57,17 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Loss (nats per token) and bits per byte over the evaluation windows of `shards`.
+    """Loss and bits per byte over the evaluation windows of `shards` (loader.eval_windows).
 
-    `max_windows` > 0 takes the same fixed prefix of windows every time, so successive
-    evaluations are comparable. The pass uses no randomness (the model runs in eval mode,
-    dropout off), so it cannot disturb the training run's random streams. Under DDP, rank r
-    takes batches r, r + world_size, ... and the sums are added over all ranks.
+    `token_bytes` (vocab_size,) int64: the bytes each id stands for, the denominator of a
+    partial pass. `max_windows` > 0 takes the same fixed prefix of windows every time, so
+    successive evaluations are comparable. The pass uses no randomness (the model runs in eval
+    mode, dropout off), so it cannot disturb the training run's random streams. Under DDP, rank
+    r takes batches r, r + world_size, ... and the sums are added over all ranks.
+
+    Returns {"loss": nats per target token, "bpb": bits per byte, "tokens": target tokens
+    scored, "bytes": the denominator, "exact": whether the pass covered the whole split (then
+    bytes = S, the split's source bytes), "windows": windows scored}.
     """
     was_training = model.training
     model.eval()
@@ -62,28 +83,44 @@ def evaluate(
         sums[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
     model.train(was_training)
     loss_sum, tokens, n_bytes = all_reduce_sum(sums).tolist()
+    windows = eval_window_count(shards, block_size)
+    exact = not max_windows or max_windows >= windows
+    n_bytes = shards.source_bytes if exact else n_bytes
     return {
         "loss": loss_sum / tokens,
         "bpb": bits_per_byte(loss_sum, n_bytes),
         "tokens": int(tokens),
         "bytes": int(n_bytes),
+        "exact": exact,
+        "windows": windows if exact else max_windows,
     }
 
 
 # ---------------------------------------------------------------- `tinygpt eval`
 
 
-def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, batch_size: int = 16, device: str = "auto") -> dict:
-    """Exact bits per byte of a checkpoint over raw text (.txt/.jsonl/.json) or prepared shards.
+def evaluate_path(
+    checkpoint_path: str,
+    data: str,
+    split: str | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    *,
+    errors: str = "strict",
+    text_field: str = "text",
+) -> dict:
+    """Exact bits per byte of a checkpoint over raw text (.txt/.jsonl/.json, a folder or a glob) or prepared shards.
 
-    Raw text is encoded with the checkpoint's own tokenizer into a temporary prepared folder
-    (streaming, bounded memory), then every token of it is scored.
+    Raw text is read as `prepare` reads it (`errors`, `text_field` as data.errors and
+    data.text_field) and encoded with the checkpoint's own tokenizer into a temporary prepared
+    folder (streaming, bounded memory), then every token of it is scored. Raises TinyGPTError
+    for bad input, as `prepare` does, and for shards of another tokenizer.
     """
     import tempfile
     from pathlib import Path
 
     from .common import TinyGPTError, autodetect_device
-    from .config import Config
+    from .config import load_config
     from .prepare import prepare
     from .run import find_checkpoint, load_model
 
@@ -93,8 +130,8 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
     data_path = Path(data)
     with tempfile.TemporaryDirectory(prefix="tinygpt-eval-") as tmp:
         if not is_prepared(data_path):
-            cfg = Config()
-            cfg.tokenizer.kind, cfg.data.val_fraction = tokenizer.kind, 0.0
+            reading = {"data.errors": errors, "data.text_field": text_field, "data.val_fraction": "0"}
+            cfg = load_config(None, {"tokenizer.kind": tokenizer.kind, **reading})
             prepare([data], Path(tmp) / "data", cfg, tokenizer_from=str(folder), progress=False)
             data_path, split = Path(tmp) / "data", "train"
         shards = ShardSet(data_path, split or "val")
@@ -103,6 +140,8 @@ def evaluate_path(checkpoint_path: str, data: str, split: str | None = None, bat
                 f"{data_path} was prepared with another tokenizer ({shards.manifest['tokenizer_hash']}) "
                 f"than the checkpoint's ({tokenizer.hash}): evaluate the raw text instead"
             )
+        if shards.tokens < 2:
+            raise TinyGPTError(f"{data} holds no text to score")
         token_bytes = torch.from_numpy(tokenizer.token_bytes())
         result = evaluate(model.to(device), shards, token_bytes, model.cfg.block_size, batch_size, device=device)
     result["perplexity"] = math.exp(result["loss"])
@@ -116,11 +155,14 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--split", choices=["train", "val"], help="split of a prepared folder (default: val)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="raw text that is not UTF-8: an error (default) or U+FFFD")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="the text field of .jsonl/.json records (default: text)")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.epilog = (
         "An exact pass over every token, in non-overlapping windows of the model's context. Bits per byte: "
-        "bits over every target token / UTF-8 bytes of the text they stand for (the end-of-text token stands "
-        "for its separator line), so models with different tokenizers compare fairly."
+        "bits over every token of the text, each predicted from what precedes it (the first from the "
+        "end-of-text token) / the bytes of the file (for JSON: of its text fields, plus 14 per record), "
+        "so models with different tokenizers compare fairly."
     )
 
 
@@ -131,7 +173,9 @@ def run_eval(args) -> int:
 
     if args.batch_size < 1:
         raise TinyGPTError("--batch-size must be at least 1")
-    result = evaluate_path(args.checkpoint, args.data, args.split, args.batch_size, args.device)
+    result = evaluate_path(
+        args.checkpoint, args.data, args.split, args.batch_size, args.device, errors=args.errors, text_field=args.text_field
+    )
     if args.json:
         print(json.dumps(result))
     else:

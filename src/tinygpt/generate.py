@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .common import TinyGPTError, autodetect_device
+from .documents import normalize_line_endings
 from .model import GPT
 from .run import load_model
 from .tokenizers import Tokenizer
@@ -206,8 +207,8 @@ class Sampler:
         return self.model.cfg.block_size
 
     def encode(self, prompt: str) -> list[int]:
-        """Prompt ids; an empty prompt starts a new document, as after <|endoftext|>."""
-        return self.tokenizer.encode_prompt(prompt) if prompt else [self.tokenizer.eot_id]
+        """Prompt ids, its line endings read as documents' are; an empty prompt starts a new document, as after <|endoftext|>."""
+        return self.tokenizer.encode_prompt(normalize_line_endings(prompt)) if prompt else [self.tokenizer.eot_id]
 
     def stream(
         self,

@@ -60,33 +60,30 @@ class TrainLoader:
 def eval_windows(
     shards: ShardSet, block_size: int, batch_size: int, max_windows: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Non-overlapping windows in order, every target token once (the exact evaluation pass).
+    """Non-overlapping windows over the split's one stream, in order: every token but the first is
+    a target exactly once, whatever the shards (the exact evaluation pass).
 
-    Windows cover tokens [i*T, i*T + T] of each shard, so consecutive windows share one
-    token: the last target of one is the first input of the next. A shard's tail shorter
-    than a window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
+    Window i holds tokens [i*T, i*T + T] (T = block_size): consecutive windows share one token,
+    the last target of one being the first input of the next. The stream's tail shorter than a
+    window becomes one final, shorter window. `max_windows` > 0 takes a fixed prefix.
     """
-    taken = 0
+    starts = range(0, shards.tokens - 1, block_size)
+    if max_windows:
+        starts = starts[:max_windows]
     batch: list[np.ndarray] = []
-    for shard in shards.shards:
-        n = len(shard)
-        for start in range(0, n - 1, block_size):
-            length = min(block_size + 1, n - start)
-            row = np.asarray(shard[start : start + length], dtype=np.int64)
-            if batch and len(row) != len(batch[0]):
-                yield _pair(batch)
-                batch = []
-            batch.append(row)
-            taken += 1
-            if len(batch) == batch_size:
-                yield _pair(batch)
-                batch = []
-            if max_windows and taken >= max_windows:
-                if batch:
-                    yield _pair(batch)
-                return
+    for start in starts:
+        row = shards.span(start, min(block_size + 1, shards.tokens - start))
+        if batch and (len(row) != len(batch[0]) or len(batch) == batch_size):
+            yield _pair(batch)
+            batch = []
+        batch.append(row)
     if batch:
         yield _pair(batch)
+
+
+def eval_window_count(shards: ShardSet, block_size: int) -> int:
+    """How many windows eval_windows makes of the whole split."""
+    return len(range(0, shards.tokens - 1, block_size))
 
 
 def _pair(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,13 +2,14 @@
 
 A prepared folder, written by `tinygpt prepare` and read by the loader, `train`, `eval` and `export`:
 
-    manifest.json       format version, dtype, vocabulary, tokenizer hash and, per split, the shards
-                        and their figures; written last, so its presence marks the folder complete
+    manifest.json       format version, dtype, vocabulary, tokenizer hash, what was read and, per
+                        split, the shards and their figures (with S, the source bytes that bits per
+                        byte divides by); written last, so its presence marks the folder complete
     config.toml         the config the data was prepared with (with the vocabulary size it got)
     tokenizer/          the tokenizer (tokenizers.load_tokenizer reads it)
-    train_000000.bin    raw little-endian uint16 or uint32 token ids, end-of-text after every
-    train_000001.bin    document, data.shard_tokens tokens per shard (the last of a split shorter)
-    val_000000.bin
+    train_000000.bin    raw little-endian uint16 or uint32 token ids: each split one stream that
+    train_000001.bin    starts with the end-of-text token and has one for every separator line
+    val_000000.bin      (see prepare.py), data.shard_tokens tokens per shard (the last shorter)
 
 This module alone spells those names. Shards are read with numpy.memmap, so memory use does not
 depend on the corpus size.
@@ -24,7 +25,7 @@ import numpy as np
 from .common import TinyGPTError, read_json
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: split streams start with end-of-text; source_bytes per split
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer"
 SPLITS = ("train", "val")
@@ -49,8 +50,12 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a prepared folder, checked for the format version this code writes.
 
     Layout: {"format_version", "dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_hash",
-    "source_bytes", optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
-    "text_bytes", "unknown"}}}
+    "input": {"files", "bytes", "line_endings", "cr_line_endings", "boms", "char_cuts", "notes"},
+    optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
+    "empty_documents", "source_bytes", "unknown"}}}
+
+    Raises TinyGPTError: no such folder, no manifest, or one of another format version (one line
+    asking to prepare the data again).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -58,8 +63,8 @@ def read_manifest(folder: str | Path) -> dict:
     manifest = read_json(folder / MANIFEST, "prepared-data manifest (run 'tinygpt prepare' first)")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise TinyGPTError(
-            f"{folder / MANIFEST} has format version {manifest.get('format_version')!r}; "
-            f"this tinygpt reads version {MANIFEST_VERSION}: prepare the data again"
+            f"{folder} was prepared in format version {manifest.get('format_version')!r} and this tinygpt "
+            f"reads version {MANIFEST_VERSION}: prepare the data again"
         )
     return manifest
 
@@ -100,7 +105,10 @@ class ShardWriter:
 
 
 class ShardSet:
-    """The shards of one split, addressed as one sequence of tokens."""
+    """The shards of one split, addressed as one stream of tokens.
+
+    `tokens`: the stream's length; `source_bytes`: S, the bytes of input it was read from.
+    """
 
     def __init__(self, folder: str | Path, split: str):
         folder = Path(folder)
@@ -117,7 +125,8 @@ class ShardSet:
             self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
         self.split = split
         self.tokens = int(info["tokens"])
-        self.text_bytes = int(info["text_bytes"])
+        self.source_bytes = int(info["source_bytes"])
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])  # stream position of each shard's first token
 
     def windows_starts(self, length: int) -> np.ndarray:
         """Cumulative count of window start positions of `length` tokens, shard by shard."""
@@ -125,3 +134,13 @@ class ShardSet:
 
     def read(self, shard: int, start: int, length: int) -> np.ndarray:
         return np.asarray(self.shards[shard][start : start + length], dtype=np.int64)
+
+    def span(self, start: int, length: int) -> np.ndarray:
+        """Tokens start .. start + length - 1 of the stream, across shard boundaries, as int64."""
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        pieces = []
+        while length > 0 and first < len(self.shards):
+            piece = self.read(first, start - int(self._starts[first]), length)
+            pieces.append(piece)
+            start, length, first = start + piece.size, length - piece.size, first + 1
+        return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

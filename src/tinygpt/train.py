@@ -454,6 +454,7 @@ class Trainer:
             metrics.write("eval", self.step, loss=result["loss"], bpb=result["bpb"], tokens=self.tokens)
             self._print(
                 f"step {self.step}: val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}"
+                + ("" if result["exact"] else f" (estimate: first {result['windows']} windows)")
                 + (" (best)" if best else ""),
                 bar,
             )
