@@ -1,13 +1,16 @@
-"""Benchmark `tinygpt prepare`: memory against corpus size, throughput against the libraries alone.
+"""Benchmark `tinygpt prepare`: memory against corpus size and shape, throughput against the libraries alone.
 
-usage: python bench/prepare.py [--sizes 100M,2G] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
+usage: python bench/prepare.py [--memory targets] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
                                [--workdir DIR] [--skip-baseline]      (a size of '' skips that part)
 
-Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file. Prints JSON lines:
-  memory            peak RSS of `tinygpt prepare` (BPE, 4096 tokens, all cores) per input size: the sum of the
+Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file, in one of SHAPES. Prints
+JSON lines:
+  memory            peak RSS of `tinygpt prepare` (4096 tokens unless char, all cores, valid.txt as --val)
+                    per case SHAPE:SIZE:KIND[:TRAIN_BYTES] of --memory ('targets': TARGETS): the sum of the
                     peaks of the parent and every worker (psutil polls the process tree), and the highest
-                    simultaneous total seen
-  memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the smallest size
+                    simultaneous total seen. Memory corpora tag every line of each repetition (a 3-letter
+                    word first), so that no line repeats, as in real text (SentencePiece keeps each line).
+  memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the first shipped case
   throughput_bpe    prepare's encoding (reusing the tokenizer) vs the `tokenizers` library's own encode_batch
                     over the same documents with all cores, interleaved, best of --repeats; in wall-clock
                     MB/s and in MB per CPU-second (all threads and worker processes), which other work on
@@ -19,9 +22,12 @@ Every line carries the load average, since other work on the machine slows both 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import resource
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
@@ -43,13 +49,32 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
 
 
-def make_corpus(folder: Path, size: int) -> Path:
-    """train.txt repeated whole until the file holds at least `size` bytes (so it stays well formed)."""
-    path = folder / f"corpus-{size}.txt"
+SHAPES = {  # name -> train.txt turned into it
+    "shipped": lambda text: text,  # stories separated by <|endoftext|> lines
+    "crlf": lambda text: text.replace("\n", "\r\n"),  # the same with \r\n line endings
+    "no-separators": lambda text: text.replace("<|endoftext|>\n", ""),  # one document
+    "one-line": lambda text: text.replace("<|endoftext|>\n", "").replace("\n", " "),  # one line with spaces
+    "no-whitespace": lambda text: re.sub(r"\s+|<\|endoftext\|>", "", text),  # one line, no space, tab or newline
+}
+TARGETS = (  # issue 9: peak RSS of all processes <= 1 GB in each
+    "no-separators:1G:bpe,no-separators:1G:sentencepiece,crlf:1G:bpe,crlf:1G:sentencepiece,"
+    "shipped:100M:bpe,shipped:100M:sentencepiece,shipped:100M:char,one-line:100M:bpe,one-line:100M:sentencepiece,"
+    "no-whitespace:100M:bpe,no-whitespace:100M:sentencepiece,no-whitespace:100M:char"
+)
+
+
+def make_corpus(folder: Path, size: int, shape: str = "shipped", tagged: bool = False) -> Path:
+    """train.txt repeated whole, in `shape`, until the file holds at least `size` bytes (so it stays well
+    formed); `tagged`: every line of repetition r starts with the r-th three-letter word, so no line repeats."""
+    path = folder / f"corpus-{shape}-{size}{'-tagged' * tagged}.txt"
     if not path.exists():
-        block = TRAIN.read_bytes()
+        text = TRAIN.read_text(encoding="utf-8")
+        tags = ("".join(t) for t in itertools.product(string.ascii_lowercase, repeat=3))
         with open(path, "wb") as f:
-            f.writelines(block for _ in range(-(-size // len(block))))
+            written = 0
+            while written < size:
+                block = re.sub(r"(?m)^(?!<\|endoftext\|>$)(?=.)", next(tags) + " ", text) if tagged else text
+                written += f.write(SHAPES[shape](block).encode())
     return path
 
 
@@ -87,18 +112,20 @@ def measure(command: list) -> dict:
     }
 
 
-def memory_run(corpus: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force"]
-    result = measure([*command, "--tokenizer", "bpe", "--vocab-size", "4096"])
+def memory_run(corpus: Path, out: Path, kind: str, train_bytes: int | None) -> dict:
+    options = ["--tokenizer", kind, *(["--vocab-size", "4096"] if kind != "char" else [])]
+    options += ["--val", VALID, *(["--tokenizer.train_bytes", str(train_bytes)] if train_bytes else [])]
+    command = [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force", *options]
+    result = measure(command)
     size = corpus.stat().st_size
     summary = result.pop("stdout").strip().splitlines()
     return {
         "bench": "memory",
-        "command": "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096",
+        "command": " ".join(map(str, ["tinygpt prepare CORPUS --out OUT", *options])).replace(str(VALID), "VALID"),
         "input_mb": round(size / 1e6),
         **result,
         "rss_bytes_per_input_byte": round(result["peak_rss_mb_sum_of_process_peaks"] * 1e6 / size, 3),
-        "summary": [line for line in summary if line.startswith("prepared")],
+        "summary": [line for line in summary if line.startswith(("prepared", "  train", "  read"))],
     }
 
 
@@ -195,24 +222,28 @@ def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100M,2G", help="corpus sizes of the memory runs ('' for none)")
+    parser.add_argument("--memory", default="targets", help="memory cases SHAPE:SIZE:KIND[:TRAIN_BYTES],... ('' for none)")
     parser.add_argument("--bpe-size", default="30M", help="corpus size of the BPE throughput runs")
     parser.add_argument("--char-size", default="100M", help="corpus size of the char throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", help="where corpora and outputs go (default: a temporary folder, removed)")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    sizes = sorted(parse_size(s) for s in args.sizes.split(",") if s)
+    cases = [case.split(":") for case in (TARGETS if args.memory == "targets" else args.memory).split(",") if case]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tinygpt-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     emit({"bench": "machine", "cores": available_cpus(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)})
+    baseline = not args.skip_baseline
     try:
-        for size in sizes:
-            corpus = make_corpus(work, size)
-            emit(memory_run(corpus, work / "prepared"))
-            if size == sizes[0] and not args.skip_baseline:
+        for i, (shape, size, kind, *train_bytes) in enumerate(cases):
+            corpus = make_corpus(work, parse_size(size), shape, tagged=True)
+            result = memory_run(corpus, work / "prepared", kind, parse_size(train_bytes[0]) if train_bytes else None)
+            emit({"shape": shape, **result})
+            if shape == "shipped" and baseline:
                 emit(baseline_run(corpus))
-            corpus.unlink()
+                baseline = False
+            if all(later[:2] != [shape, size] for later in cases[i + 1 :]):  # the next cases need another corpus
+                corpus.unlink()
         if args.bpe_size:
             bpe_throughput(make_corpus(work, parse_size(args.bpe_size)), work, args.repeats)
         if args.char_size:

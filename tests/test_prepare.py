@@ -24,7 +24,7 @@ from tinygpt import cli, documents, shards
 from tinygpt.common import TinyGPTError
 from tinygpt.config import config_from_dict, load_config
 from tinygpt.documents import normalize_line_endings, split_documents
-from tinygpt.prepare import Chunk, Part, held_out, prepare, tokenizer_sample
+from tinygpt.prepare import Chunk, Part, TokenizerSample, held_out, prepare
 from tinygpt.shards import read_manifest
 from tinygpt.tokenizers import EOT_SEPARATOR, load_tokenizer
 
@@ -244,7 +244,7 @@ def test_documents_ten_times_a_piece_encode_to_the_ids_of_the_whole(kind, tokeni
 def test_the_tokenizer_is_trained_on_at_most_train_bytes(train_docs, tmp_path, monkeypatch):
     monkeypatch.setattr(documents, "CHUNK_BYTES", 1000)
     chunks = (Chunk(0, {"train": Part([doc])}) for doc in train_docs)
-    sample = list(tokenizer_sample(chunks, 10_000))
+    sample = list(TokenizerSample(chunks, 10_000))
     assert sum(len(t.encode()) for t in sample) <= 10_000 < sum(len(t.encode()) for t in train_docs[: len(sample) + 1])
     assert train_docs[len(sample) - 1].startswith(sample[-1])  # the last text cut to fit...
     assert sample[-1][-1] != " "  # ...before a space, tab or newline
@@ -252,6 +252,16 @@ def test_the_tokenizer_is_trained_on_at_most_train_bytes(train_docs, tmp_path, m
     (tmp_path / "line.txt").write_text("abc " * 200 + "xyz " * 200)
     run(tmp_path / "line.txt", tmp_path / "out", tokenizer__kind="char", tokenizer__train_bytes="500", data__val_fraction="0")
     assert load_tokenizer(tmp_path / "out" / "tokenizer").chars == " abc"
+
+
+def test_the_tokenizer_sample_stops_at_a_budget_of_long_words():
+    """Words of more than 32 characters (text without whitespace) are what a BPE trainer's memory grows with."""
+    words = Chunk(0, {"train": Part(["short words only here " * 50])})
+    long = Chunk(0, {"train": Part(["x" * 100 + " " + "y" * 40 + " " + "z" * 32])})  # 140 characters in long words
+    sample = TokenizerSample([words, long, long, long], 10**9, max_long_word_chars=250)
+    assert len(list(sample)) == 3 and sample.long_words_full
+    unbounded = TokenizerSample([words, long, long, long], 10**9)
+    assert len(list(unbounded)) == 4 and not unbounded.long_words_full
 
 
 def test_sentencepiece_trains_on_lines_longer_than_it_takes(tmp_path, train_docs):
