@@ -462,6 +462,9 @@ BAD_INPUTS = {  # case -> (files to write, arguments after `prepare`, exit code,
     "txt not UTF-8, char": (
         {"latin1.txt": f"Once upon a time.\n{SEP}\nA caf\xe9.\n".encode("latin-1")}, ["{d}/latin1.txt", "--tokenizer", "char"],
         2, "latin1.txt is not UTF-8: byte 0xe9 at offset 37 (use --errors replace"),
+    "txt not UTF-8 met while encoding, 2 workers": (
+        {"late.txt": SOME_STORIES.encode() * 18000 + b"caf\xe9\n"}, ["{d}/late.txt", "--tokenizer-from", "{bpe}", "--workers", "2"],
+        2, f"late.txt is not UTF-8: byte 0xe9 at offset {len(SOME_STORIES) * 18000 + 3}"),
     "jsonl not UTF-8, bpe": (
         {"s.jsonl": b'{"text": "fine"}\n{"text": "caf\xe9"}\n'}, ["{d}/s.jsonl"], 2, "s.jsonl is not UTF-8: byte 0xe9 at offset 30"),
     "json not UTF-8, sentencepiece": (
