@@ -145,7 +145,9 @@ def test_many_shards_of_the_configured_size(train_txt, train_docs, tmp_path):
 # ---------------------------------------------------------------- validation split
 
 
-def test_validation_by_fraction_holds_out_whole_documents(train_txt, train_docs, tmp_path):
+@pytest.mark.parametrize("chunk", [documents.CHUNK_BYTES, 300])
+def test_validation_by_fraction_holds_out_whole_documents(chunk, train_txt, train_docs, tmp_path, monkeypatch):
+    monkeypatch.setattr(documents, "CHUNK_BYTES", chunk)  # 300: every story is cut into pieces, held out whole
     out = tmp_path / "out"
     manifest = run(train_txt, out, tokenizer__kind="char", data__val_fraction="0.1")
     is_val = held_out(np.arange(len(train_docs)), 0.1)

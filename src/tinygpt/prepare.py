@@ -112,12 +112,10 @@ def read_chunks(inputs: Inputs, reader: Reader, val_fraction: float, *, train_on
             if piece.continues:  # the first text goes where its document went
                 streams.add(parts[split_of_open], split_of_open, texts[:1], nbytes[:1], False, last == 0 and piece.open_end)
                 start = 1
-            if start > last:
-                pass
-            elif file_split == "val" or not fraction:
+            if start <= last and (file_split == "val" or not fraction):
                 streams.add(parts[file_split], file_split, texts[start:], nbytes[start:], True, piece.open_end)
                 split_of_open = file_split
-            else:
+            elif start <= last:
                 is_val = held_out(np.arange(index, index + last + 1 - start), fraction)
                 index += last + 1 - start
                 # runs of consecutive texts that go to the same split
