@@ -21,6 +21,7 @@ its documents, plus those 14s: for one .txt file, its size.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import os
@@ -201,12 +202,21 @@ def obtain_tokenizer(cfg: Config, inputs: Inputs, tokenizer_from: str | None) ->
                 raise
         if errors:
             raise errors[0]
+        _return_freed_memory()
         if sample.long_words_full:
             _say(
                 f"  (on {sample.nbytes / 1e6:,.1f} MB: its words of more than 32 characters, seldom repeated, "
                 f"reached the {MAX_LONG_WORD_CHARS / 1e6:,.0f} million characters the trainer's memory allows)"
             )
         return tokenizer
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory the tokenizer library freed back to the system before the encoding starts:
+    glibc keeps it for reuse otherwise (measured: 0.27 GB kept after training BPE on 30 MB, 0.06 GB
+    after malloc_trim). Elsewhere than glibc, nothing happens."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _stop_at_error(texts: Iterator[str], errors: list[TinyGPTError]) -> Iterator[str]:
@@ -555,7 +565,7 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
         f"{read['cr_line_endings']:,} \\r\\n or \\r line endings {done}" if read["cr_line_endings"] else "",
         f"{read['boms']:,} byte-order mark(s) dropped" if read["boms"] else "",
         f"{read['char_cuts']:,} document(s) cut at a character boundary (no space, tab or newline in "
-        f"{CHUNK_BYTES / 2**20:g} MiB)" if read["char_cuts"] else "",
+        f"{CHUNK_BYTES / 2**10:,.0f} KiB)" if read["char_cuts"] else "",
     ]
     if any(reading):
         lines.append("  read: " + "; ".join(filter(None, reading)))
