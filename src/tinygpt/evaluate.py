@@ -155,7 +155,7 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--split", choices=["train", "val"], help="split of a prepared folder (default: val)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="raw text that is not UTF-8: an error (default) or U+FFFD")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="undecodable raw text (not UTF-8, lone surrogates): an error (strict, the default) or U+FFFD")
     p.add_argument("--text-field", default="text", metavar="NAME", help="the text field of .jsonl/.json records (default: text)")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.epilog = (

@@ -511,7 +511,7 @@ def add_prepare_arguments(p) -> None:
     short.add_argument("--tokenizer", dest="tokenizer_kind", choices=["char", "bpe", "sentencepiece"], help="tokenizer.kind")
     short.add_argument("--vocab-size", metavar="N", help="tokenizer.vocab_size")
     short.add_argument("--workers", metavar="N", help="data.workers (0: all cores)")
-    short.add_argument("--errors", choices=["strict", "replace"], help="data.errors: what to do with bytes that are not UTF-8")
+    short.add_argument("--errors", choices=["strict", "replace"], help="data.errors: undecodable text (not UTF-8, lone surrogates) is an error (strict) or U+FFFD (replace)")
     short.add_argument("--text-field", metavar="NAME", help="data.text_field of .jsonl/.json inputs")
     ts = p.add_argument_group("downloading TinyStories (INPUT 'tinystories')")
     ts.add_argument("--version", dest="ts_version", choices=["v1", "v2"], help="v1 (default): GPT-3.5 + GPT-4 stories; v2: GPT-4 only")
