@@ -1,15 +1,16 @@
 """Benchmark `tinygpt prepare`: memory against corpus size and shape, throughput against the libraries alone.
 
-usage: python bench/prepare.py [--memory targets] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
+usage: python bench/prepare.py [--sizes targets] [--bpe-size 30M] [--char-size 100M] [--repeats 3]
                                [--workdir DIR] [--skip-baseline]      (a size of '' skips that part)
 
 Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file, in one of SHAPES. Prints
 JSON lines:
   memory            peak RSS of `tinygpt prepare` (4096 tokens unless char, all cores, valid.txt as --val)
-                    per case SHAPE:SIZE:KIND[:TRAIN_BYTES] of --memory ('targets': TARGETS): the sum of the
-                    peaks of the parent and every worker (psutil polls the process tree), and the highest
-                    simultaneous total seen. Memory corpora tag every line of each repetition (a 3-letter
-                    word first), so that no line repeats, as in real text (SentencePiece keeps each line).
+                    per case [SHAPE:]SIZE[:KIND[:TRAIN_BYTES]] of --sizes (shape `shipped` and kind `bpe`
+                    unless given; 'targets', the default: TARGETS): the sum of the peaks of the parent and
+                    every worker (psutil polls the process tree), and the highest simultaneous total seen.
+                    Memory corpora tag every line of each repetition (a 3-letter word first), so that no
+                    line repeats, as in real text (tokenizer trainers keep each distinct line or word).
   memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the first shipped case
   throughput_bpe    prepare's encoding (reusing the tokenizer) vs the `tokenizers` library's own encode_batch
                     over the same documents with all cores, interleaved, best of --repeats; in wall-clock
@@ -110,6 +111,14 @@ def measure(command: list) -> dict:
         "processes": len(peaks),
         "stdout": stdout,
     }
+
+
+def memory_case(text: str) -> list[str]:
+    """'[SHAPE:]SIZE[:KIND[:TRAIN_BYTES]]' -> [shape, size, kind(, train_bytes)]: shipped text and BPE by default."""
+    parts = text.split(":")
+    if parts[0] not in SHAPES:
+        parts.insert(0, "shipped")
+    return parts if len(parts) > 2 else [*parts, "bpe"]
 
 
 def memory_run(corpus: Path, out: Path, kind: str, train_bytes: int | None) -> dict:
@@ -222,14 +231,14 @@ def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--memory", default="targets", help="memory cases SHAPE:SIZE:KIND[:TRAIN_BYTES],... ('' for none)")
+    parser.add_argument("--sizes", default="targets", help="memory cases [SHAPE:]SIZE[:KIND[:TRAIN_BYTES]],... ('' for none)")
     parser.add_argument("--bpe-size", default="30M", help="corpus size of the BPE throughput runs")
     parser.add_argument("--char-size", default="100M", help="corpus size of the char throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", help="where corpora and outputs go (default: a temporary folder, removed)")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    cases = [case.split(":") for case in (TARGETS if args.memory == "targets" else args.memory).split(",") if case]
+    cases = [memory_case(case) for case in (TARGETS if args.sizes == "targets" else args.sizes).split(",") if case]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tinygpt-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     emit({"bench": "machine", "cores": available_cpus(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)})
