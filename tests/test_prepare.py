@@ -360,7 +360,7 @@ def test_killed_or_interrupted_prepare_leaves_nothing_finished(bpe_prepared, tra
         time.sleep(0.02)
     for process, sig, out in runs.values():
         _, stderr = process.communicate(timeout=60)
-        assert not out.exists()
+        assert not out.exists(), (process.returncode, stderr)
         assert not list(tmp_path.glob(f".{out.name}*/{shards.MANIFEST}"))
         if sig == signal.SIGINT:  # a clean stop removes its temporary folder too
             assert process.returncode == 130 and stderr.strip() == "tinygpt prepare: interrupted"

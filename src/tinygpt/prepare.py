@@ -360,26 +360,25 @@ def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    interrupts.check()  # a signal that came after the last safe point still stops the command
 
 
 @contextlib.contextmanager
 def _children_ignore_signals() -> Iterator[None]:
-    """Processes started inside ignore SIGINT and SIGTERM for their whole life: an ignored signal
-    stays ignored through exec, and Python keeps it so. A Ctrl-C or a SIGTERM sent to the whole
-    process group then reaches only this process, which stops the pool cleanly, where a worker
-    would print a traceback or die and leave the pool broken. Meanwhile this process blocks the
-    two signals and takes them after (Linux keeps a blocked signal pending even while it is ignored).
+    """Processes started inside never take SIGINT or SIGTERM: they start with both blocked (a
+    signal mask is inherited through fork and exec, and Python leaves it so). A Ctrl-C or a SIGTERM
+    sent to the whole process group then stops only this process, which stops the pool cleanly,
+    where a worker would print a traceback or die and leave the pool broken. This process takes a
+    signal that came meanwhile when the mask is restored. (Setting SIG_IGN here instead would
+    discard such a signal: POSIX drops a pending signal whose action becomes SIG_IGN.)
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
