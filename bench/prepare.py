@@ -1,13 +1,17 @@
-"""Benchmark `tinygpt prepare`: memory against corpus size, throughput against the libraries alone.
+"""Benchmark `tinygpt prepare`: memory against corpus size and shape, throughput against the libraries alone.
 
-usage: python bench/prepare.py [--sizes 100M,2G] [--bpe-size 100M] [--char-size 100M] [--repeats 3]
+usage: python bench/prepare.py [--sizes targets] [--bpe-size 100M] [--char-size 100M] [--repeats 3]
                                [--workdir DIR] [--skip-baseline]      (a size of '' skips that part)
 
-Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file. Prints JSON lines:
-  memory            peak RSS of `tinygpt prepare` (BPE, 4096 tokens, all cores) per input size: the sum of the
-                    peaks of the parent and every worker (psutil polls the process tree), and the highest
-                    simultaneous total seen
-  memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the smallest size
+Corpora are ../shared/data/tinystories/train.txt repeated into a temporary file, in one of SHAPES. Prints
+JSON lines:
+  memory            peak RSS of `tinygpt prepare` (4096 tokens unless char, all cores, valid.txt as --val)
+                    per case [SHAPE:]SIZE[:KIND[:TRAIN_BYTES]] of --sizes (shape `shipped` and kind `bpe`
+                    unless given; 'targets', the default: TARGETS): the sum of the peaks of the parent and
+                    every worker (psutil polls the process tree), and the highest simultaneous total seen.
+                    Memory corpora tag every line of each repetition (a 3-letter word first), so that no
+                    line repeats, as in real text (tokenizer trainers keep each distinct line or word).
+  memory_baseline   the seed recipe (whole file -> list of ints -> int64 tensor) at the first shipped case
   throughput_bpe    `tinygpt prepare` reusing a 4096-token BPE, encoding with `tokenizers` (tiktoken hidden
                     from it) and with tiktoken, interleaved, --repeats each: MB per CPU-second (all threads
                     and processes), which other work on the machine disturbs much less, wall-clock MB/s and
@@ -19,10 +23,13 @@ Every line carries the load average, since other work on the machine slows both 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import resource
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
@@ -45,14 +52,41 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
 
 
-def make_corpus(folder: Path, size: int) -> Path:
-    """train.txt repeated whole until the file holds at least `size` bytes (so it stays well formed)."""
-    path = folder / f"corpus-{size}.txt"
+SHAPES = {  # name -> train.txt turned into it
+    "shipped": lambda text: text,  # stories separated by <|endoftext|> lines
+    "crlf": lambda text: text.replace("\n", "\r\n"),  # the same with \r\n line endings
+    "no-separators": lambda text: text.replace("<|endoftext|>\n", ""),  # one document
+    "one-line": lambda text: text.replace("<|endoftext|>\n", "").replace("\n", " "),  # one line with spaces
+    "no-whitespace": lambda text: re.sub(r"\s+|<\|endoftext\|>", "", text),  # one line, no space, tab or newline
+}
+TARGETS = (  # issue 9: peak RSS of all processes <= 1 GB in each
+    "no-separators:1G:bpe,no-separators:1G:sentencepiece,crlf:1G:bpe,crlf:1G:sentencepiece,"
+    "shipped:100M:bpe,shipped:100M:sentencepiece,shipped:100M:char,one-line:100M:bpe,one-line:100M:sentencepiece,"
+    "no-whitespace:100M:bpe,no-whitespace:100M:sentencepiece,no-whitespace:100M:char"
+)
+
+
+def make_corpus(folder: Path, size: int, shape: str = "shipped", tagged: bool = False) -> Path:
+    """train.txt repeated whole, in `shape`, until the file holds at least `size` bytes (so it stays well
+    formed); `tagged`: every line of repetition r starts with the r-th three-letter word, so no line repeats."""
+    path = folder / f"corpus-{shape}-{size}{'-tagged' * tagged}.txt"
     if not path.exists():
-        block = TRAIN.read_bytes()
+        text = TRAIN.read_text(encoding="utf-8")
+        tags = ("".join(t) for t in itertools.product(string.ascii_lowercase, repeat=3))
         with open(path, "wb") as f:
-            f.writelines(block for _ in range(-(-size // len(block))))
+            written = 0
+            while written < size:
+                block = re.sub(r"(?m)^(?!<\|endoftext\|>$)(?=.)", next(tags) + " ", text) if tagged else text
+                written += f.write(SHAPES[shape](block).encode())
     return path
+
+
+def memory_case(text: str) -> list[str]:
+    """'[SHAPE:]SIZE[:KIND[:TRAIN_BYTES]]' -> [shape, size, kind(, train_bytes)]: shipped text and BPE by default."""
+    parts = text.split(":")
+    if parts[0] not in SHAPES:
+        parts.insert(0, "shipped")
+    return parts if len(parts) > 2 else [*parts, "bpe"]
 
 
 def measure(command: list, env: dict | None = None) -> dict:
@@ -98,11 +132,14 @@ def prepare_command(corpus: Path, out: Path, *options) -> list:
     return [sys.executable, "-m", "tinygpt", "prepare", corpus, "--out", out, "--force", *options]
 
 
-def memory_run(corpus: Path, out: Path) -> dict:
-    result = measure(prepare_command(corpus, out, "--tokenizer", "bpe", "--vocab-size", "4096"))
+def memory_run(corpus: Path, out: Path, kind: str, train_bytes: int | None) -> dict:
+    options = ["--tokenizer", kind, *(["--vocab-size", "4096"] if kind != "char" else [])]
+    options += ["--val", VALID, *(["--tokenizer.train_bytes", str(train_bytes)] if train_bytes else [])]
+    result = measure(prepare_command(corpus, out, *options))
     summary = result.pop("stdout").strip().splitlines()
-    return _memory_row("memory", "tinygpt prepare CORPUS --out OUT --tokenizer bpe --vocab-size 4096", corpus, result,
-                       summary=[line for line in summary if line.startswith("prepared")])  # fmt: skip
+    command = " ".join(map(str, ["tinygpt prepare CORPUS --out OUT", *options])).replace(str(VALID), "VALID")
+    return _memory_row("memory", command, corpus, result,
+                       summary=[line for line in summary if line.startswith(("prepared", "  train", "  read"))])  # fmt: skip
 
 
 def baseline_run(corpus: Path) -> dict:
@@ -250,24 +287,27 @@ def char_throughput(corpus: Path, work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100M,2G", help="corpus sizes of the memory runs ('' for none)")
+    parser.add_argument("--sizes", default="targets", help="memory cases [SHAPE:]SIZE[:KIND[:TRAIN_BYTES]],... ('' for none)")
     parser.add_argument("--bpe-size", default="100M", help="corpus size of the BPE throughput runs")
     parser.add_argument("--char-size", default="100M", help="corpus size of the char throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", help="where corpora and outputs go (default: a temporary folder, removed)")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    sizes = sorted(parse_size(s) for s in args.sizes.split(",") if s)
+    cases = [memory_case(case) for case in (TARGETS if args.sizes == "targets" else args.sizes).split(",") if case]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tinygpt-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     emit({"bench": "machine", "cores": available_cpus(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)})
+    baseline = not args.skip_baseline
     try:
-        for size in sizes:
-            corpus = make_corpus(work, size)
-            emit(memory_run(corpus, work / "prepared"))
-            if size == sizes[0] and not args.skip_baseline:
+        for i, (shape, size, kind, *train_bytes) in enumerate(cases):
+            corpus = make_corpus(work, parse_size(size), shape, tagged=True)
+            emit({"shape": shape, **memory_run(corpus, work / "prepared", kind, parse_size(train_bytes[0]) if train_bytes else None)})
+            if shape == "shipped" and baseline:
                 emit(baseline_run(corpus))
-            corpus.unlink()
+                baseline = False
+            if all(later[:2] != [shape, size] for later in cases[i + 1 :]):  # the next cases need another corpus
+                corpus.unlink()
         if args.bpe_size:
             bpe_throughput(make_corpus(work, parse_size(args.bpe_size)), work, args.repeats)
         if args.char_size:

@@ -119,6 +119,26 @@ def char_data(tmp_path_factory, text_files) -> Path:
     return _prepared(tmp_path_factory, text_files, "char", **{"tokenizer.kind": "char", "data.shard_tokens": "60000"})
 
 
+# Characters the generated texts of the property tests draw on besides TinyStories' own: multi-byte
+# ones, a tab and a literal separator inside a line. The char tokenizer of `tokenizer_folders`
+# knows them; UNSEEN are characters no tokenizer here was trained on.
+EXTRA_CHARS = "é日本😀\t<|>"
+UNSEEN = "Ж🐶"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folders(tmp_path_factory, train_docs) -> dict[str, Path]:
+    """Small tokenizers of every kind, saved: char (train.txt's characters plus EXTRA_CHARS), BPE with 300
+    and SentencePiece with 400 tokens (its 256 bytes, then characters first) trained on the first 200 stories."""
+    from tinygpt.tokenizers import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizers")
+    texts = {"char": [*train_docs, EXTRA_CHARS], "bpe": train_docs[:200], "sentencepiece": train_docs[:200]}
+    for kind, docs in texts.items():
+        train_tokenizer(kind, docs, 400 if kind == "sentencepiece" else 300).save(folder / kind)
+    return {kind: folder / kind for kind in texts}
+
+
 @pytest.fixture(scope="session")
 def bpe_data(tmp_path_factory, text_files) -> Path:
     """The same text with a 300-token byte-level BPE: another tokenizer, for mismatch tests."""

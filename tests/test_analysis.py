@@ -361,8 +361,10 @@ def test_cli_shows_a_files_first_token_and_refuses_odd_paths_up_front(run, inspe
     shown = results["file"].stdout
     assert results["file"].returncode == 0, results["file"].stderr
     first = inspector.tokenizer.decode(inspector.tokenizer.encode("Once")[:1])
-    assert shown.splitlines()[2].startswith(first)  # the first token is context only, but part of the text
-    assert f'the first, "{first}", is context only' in shown and f'first "{first}"' in shown  # a key named, not "start"
+    n_tokens = len(inspector.tokenizer.encode(story.read_text(encoding="utf-8")))
+    assert shown.splitlines()[2].startswith(first)  # the file's first token is scored, after the end-of-text token
+    assert f"{n_tokens} tokens in one window" in shown and f"{n_tokens} tokens, " in shown
+    assert f'token #0 "{first}"' in shown and "start" in shown  # attention from the first token reaches the start
     for name, message in {"empty_file": "--file is empty", "empty_compare": "--compare is empty",
                           "png_is_a_file": "a-file is a file: give a folder"}.items():  # fmt: skip
         result = results[name]

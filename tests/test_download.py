@@ -160,7 +160,7 @@ def test_prepare_tinystories_end_to_end(server, train_txt, valid_txt, tinygpt_co
     assert "train: 2,316 documents" in results["ok"].stdout and "val:   1,000 documents" in results["ok"].stdout
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["documents"] == 2316 and manifest["splits"]["val"]["documents"] == 1000
-    assert manifest["source_bytes"] == train_txt.stat().st_size + valid_txt.stat().st_size
+    assert manifest["input"]["bytes"] == train_txt.stat().st_size + valid_txt.stat().st_size
     assert manifest["source"] == "tinystories"  # so an exported model card carries its licence
     assert (tmp_path / "cache" / "train.txt").read_bytes() == train_txt.read_bytes()
     for case, message in (("wrong size", "has 2,094,605 bytes, expected 99"), ("unreachable", "cannot download")):

@@ -184,6 +184,11 @@ def test_seeded_sampling_is_reproducible(bpe):
     assert "".join(sampler.stream("Once upon a time", seed=7, **options)) == first
 
 
+def test_prompt_line_endings_are_read_as_documents_are(bpe):
+    sampler = Sampler(random_model("gpt2", bpe.vocab_size), bpe)
+    assert sampler.encode("Once\r\nupon\ra time\n") == sampler.encode("Once\nupon\na time\n")
+
+
 def test_end_of_text_stops_unless_told_otherwise(bpe):
     model = random_model("gpt2", bpe.vocab_size, bias_head=True)
     with torch.no_grad():

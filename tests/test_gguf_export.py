@@ -142,7 +142,14 @@ def test_llama_cpp_gives_our_logits_and_greedy_text(name, dtype, gguf_runs, gguf
             theirs.append(token)
             if token == tokenizer.eot_id or len(theirs) == new:
                 break
-        assert theirs == ours, prompt
+        # Compare up to the first step whose two best logits are closer than the dtype's error:
+        # there either choice is right (measured: 2.2e-4 apart, f16 errors up to 6e-4).
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + ours[:-1]]))[0][0, len(prompt_ids) - 1 :]
+        best_two = logits.topk(2).values
+        near_ties = (best_two[:, 0] - best_two[:, 1] < tolerance).nonzero()
+        n = int(near_ties[0]) if len(near_ties) else len(ours)
+        assert theirs[:n] == ours[:n], prompt
 
 
 def read_gguf(path) -> tuple[dict, dict]:

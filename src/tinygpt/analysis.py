@@ -530,7 +530,7 @@ def compare(earlier: Inspector, later: Inspector, ids: np.ndarray) -> dict:
 @contextlib.contextmanager
 def file_ids(inspector: Inspector, path: str | Path, limit: int = MAX_TOKENS) -> Iterator[np.ndarray]:
     """The tokens of a text file (.txt/.jsonl/.json) or prepared folder as `tinygpt eval` reads it:
-    documents with an end-of-text token after each, scored from the file's first token on.
+    the end-of-text token, then the documents, an end-of-text token for each separator line.
 
     Raises TinyGPTError for a file over `limit` tokens, or one prepared with another tokenizer.
     """

@@ -151,11 +151,11 @@ def lens_view(inspector: Inspector, scores: Scores) -> list[str]:
 def position_view(inspector: Inspector, detail: dict, top_keys: int = 3) -> list[str]:
     name = quoted(detail["token"])
     lines = [f"token #{detail['position']} {name}: attention from it (the {top_keys} keys each head weighs most)"]
-    keys, eot = detail["keys"], inspector.tokenizer.eot_id
+    keys = detail["keys"]
     for l, layer in zip(detail["layers"], detail["attention"]):
         for h, weights in zip(detail["heads"], layer):
             best = np.argsort(-np.array(weights), kind="stable")[:top_keys]
-            where = ", ".join(f"{_key_name(detail['key_start'] + j, keys[j], eot)} {weights[j]:.2f}" for j in best)
+            where = ", ".join(f"{_key_name(detail['key_start'] + j, keys[j])} {weights[j]:.2f}" for j in best)
             lines.append(f"  layer {l} head {h}: {where}")
     after = f" (the token that came: {quoted(detail['next'])})" if detail["next"] else ""
     lines.append(f"logit lens after {name}: each layer's likeliest next tokens{after}")
@@ -168,12 +168,10 @@ def position_view(inspector: Inspector, detail: dict, top_keys: int = 3) -> list
     return lines
 
 
-def _key_name(position: int, piece: dict, eot_id: int) -> str:
-    """A key: "start" for the end-of-text token a text is read after, else its number (as the tokens are
-    numbered; a --file's first token, context only, is "first") and text."""
-    if position == 0:
-        return "start" if piece["id"] == eot_id else f"first {quoted(piece, 14)}"
-    return f"#{position - 1} {quoted(piece, 14)}"
+def _key_name(position: int, piece: dict) -> str:
+    """A key: "start" for the end-of-text token every text is read after, else its number (as the
+    tokens are numbered) and text."""
+    return "start" if position == 0 else f"#{position - 1} {quoted(piece, 14)}"
 
 
 def _p(p: float) -> str:
@@ -367,11 +365,9 @@ def _header(inspector: Inspector, result: dict) -> str:
         f"{windows} windows of {cfg.block_size} tokens (each window starts afresh)" if windows > 1
         else f"one window (context {cfg.block_size})"
     )
-    first = result["context"][0]
-    context = "" if first["id"] == inspector.tokenizer.eot_id else f" scored (the first, {quoted(first)}, is context only, as in `tinygpt eval`)"
     return (
         f"{result['checkpoint']}{step}: {cfg.family}, {cfg.n_layer} layers x {cfg.n_head} heads, "
-        f"{inspector.tokenizer.kind} tokenizer | {result['n_tokens']:,} tokens{context} in {split}"
+        f"{inspector.tokenizer.kind} tokenizer | {result['n_tokens']:,} tokens in {split}"
     )
 
 

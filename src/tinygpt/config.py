@@ -143,7 +143,8 @@ class DataConfig:
     val_fraction: float = 0.005  # share of documents held out when no validation file is given
     workers: int = 0  # encoding processes; 0: all cores
     shard_tokens: int = 100_000_000  # tokens per .bin shard
-    errors: str = "strict"  # "strict": non-UTF-8 bytes are an error; "replace": U+FFFD
+    errors: str = "strict"  # undecodable text (not UTF-8, lone surrogates): "strict": an error; "replace": U+FFFD
+    line_endings: str = "normalize"  # "normalize": \r\n and \r in documents become \n; "keep": as in the file
 
     def validate(self) -> None:
         _check_fields(self, "data")
@@ -151,6 +152,7 @@ class DataConfig:
         _check(0 <= self.workers <= MAX_PROCESSES, "data.workers", f"must be in [0, {MAX_PROCESSES}]")
         _check(self.shard_tokens > 0, "data.shard_tokens", "must be positive")
         _check(self.errors in ("strict", "replace"), "data.errors", "must be 'strict' or 'replace'")
+        _check(self.line_endings in ("normalize", "keep"), "data.line_endings", "must be 'normalize' or 'keep'")
         _check(bool(self.text_field), "data.text_field", "must not be empty")
 
 

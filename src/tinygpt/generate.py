@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .common import TinyGPTError, autodetect_device
+from .documents import normalize_line_endings
 from .engine import (
     DEFAULT_TEMPERATURE,
     DTYPES,
@@ -246,8 +247,9 @@ class Sampler:
         return self.model.cfg.block_size
 
     def encode(self, prompt: str) -> list[int]:
-        """Prompt ids: the end-of-text token, then the prompt's own (a text always follows one, as in training)."""
-        return [self.tokenizer.eot_id, *self.tokenizer.encode_prompt(prompt)]
+        """Prompt ids: the end-of-text token, then the prompt's own (a text always follows one, as in
+        training), its line endings read as documents' are (documents.normalize_line_endings)."""
+        return [self.tokenizer.eot_id, *self.tokenizer.encode_prompt(normalize_line_endings(prompt))]
 
     def engine(self, max_batch: int = 1) -> Engine:
         """A decoding engine over this model that stops sequences at the end-of-text token."""

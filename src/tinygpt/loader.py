@@ -59,38 +59,32 @@ class TrainLoader:
         self.batches_drawn = int(state["batches_drawn"])
 
 
-def window_starts(shards: ShardSet, block_size: int) -> list[tuple[int, int]]:
-    """(shard, first token) of every evaluation window, in order: windows cover tokens
-    [i*T, i*T + T] of each shard, so consecutive windows share one token (the last target of
-    one is the first input of the next), and a shard's tail shorter than a window becomes one
-    final, shorter window. Every target token is in exactly one window."""
-    return [(s, start) for s, shard in enumerate(shards.shards) for start in _starts(len(shard), block_size)]
-
-
 def count_eval_windows(shards: ShardSet, block_size: int) -> int:
     """How many windows `eval_windows` yields with max_windows=0: all of them."""
-    return sum(len(_starts(len(shard), block_size)) for shard in shards.shards)
+    return len(_starts(shards.tokens, block_size))
 
 
 def eval_windows(
     shards: ShardSet, block_size: int, batch_size: int, max_windows: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches (x, y) of evaluation windows (see window_starts), in order.
+    """Batches (x, y) of evaluation windows over the split's one stream, in order, whatever the shards:
+    window i holds tokens [i*T, i*T + T] (T = block_size), so consecutive windows share one token
+    (the last target of one is the first input of the next), and the stream's tail shorter than a
+    window becomes one final, shorter window. Every token but the stream's first is a target once.
 
     max_windows 0 (or at least the number of windows): all of them, the exact evaluation pass.
     Otherwise a fixed sample of max_windows spread evenly over the whole split: of N windows,
     those numbered floor(i * N / max_windows), i = 0 .. max_windows - 1, the same every time, so
     that no part of the split (one shard, its first stories) stands for all of it. A shorter
     window starts a batch of its own.
-    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.check_ids).
+    Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.read).
     """
-    starts = window_starts(shards, block_size)
+    starts = _starts(shards.tokens, block_size)
     if 0 < max_windows < len(starts):
         starts = [starts[i * len(starts) // max_windows] for i in range(max_windows)]
     batch: list[np.ndarray] = []
-    for s, start in starts:
-        row = _window(shards.shards[s], start, block_size)
-        shards.check_ids(row, s, start)
+    for start in starts:
+        row = shards.span(start, min(block_size + 1, shards.tokens - start))
         if batch and (len(row) != len(batch[0]) or len(batch) == batch_size):
             yield _pair(batch)
             batch = []

@@ -2,13 +2,14 @@
 
 A prepared folder, written by `tinygpt prepare` and read by the loader, `train`, `eval` and `export`:
 
-    manifest.json       format version, dtype, vocabulary, tokenizer hash and, per split, the shards
-                        and their figures; written last, so its presence marks the folder complete
+    manifest.json       format version, dtype, vocabulary, tokenizer hash, what was read and, per
+                        split, the shards and their figures (with S, the source bytes that bits per
+                        byte divides by); written last, so its presence marks the folder complete
     config.toml         the config the data was prepared with (with the vocabulary size it got)
     tokenizer/          the tokenizer (tokenizers.load_tokenizer reads it)
-    train_000000.bin    raw little-endian uint16 or uint32 token ids, end-of-text after every
-    train_000001.bin    document, data.shard_tokens tokens per shard (the last of a split shorter)
-    val_000000.bin
+    train_000000.bin    raw little-endian uint16 or uint32 token ids: each split one stream that
+    train_000001.bin    starts with the end-of-text token and has one for every separator line
+    val_000000.bin      (see prepare.py), data.shard_tokens tokens per shard (the last shorter)
 
 This module alone spells those names. Shards are read with numpy.memmap, so memory use does not
 depend on the corpus size. What is read is checked where it enters: the manifest's whole schema
@@ -28,7 +29,7 @@ import numpy as np
 from .common import TinyGPTError, naming_errors, read_json
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: split streams start with end-of-text; source_bytes per split
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer"
 SPLITS = ("train", "val")
@@ -54,8 +55,12 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a prepared folder, checked for the format version this code writes.
 
     Layout: {"format_version", "dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_hash",
-    "source_bytes", optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
-    "text_bytes", "unknown"}}}
+    "input": {"files", "bytes", "line_endings", "cr_line_endings", "boms", "char_cuts", "notes"},
+    optional "source", "splits": {"train"|"val": {"shards": [{"file", "tokens"}], "tokens", "documents",
+    "empty_documents", "source_bytes", "unknown"}}}
+
+    Raises TinyGPTError: no such folder, no manifest, or one of another format version (one line
+    asking to prepare the data again).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -87,12 +92,13 @@ def _check_manifest(manifest: dict, path: Path) -> None:
     need(count(manifest.get("eot_id")) and manifest["eot_id"] < vocab_size, f"eot_id {manifest.get('eot_id')!r} is not a token id")
     for key in ("tokenizer_kind", "tokenizer_hash"):
         need(isinstance(manifest.get(key), str), f"{key} is not a string")
-    need(count(manifest.get("source_bytes")), "source_bytes is not a count")
+    read = manifest.get("input")
+    need(isinstance(read, dict) and count(read.get("bytes")), "input.bytes is not a count")
     splits = manifest.get("splits")
     need(isinstance(splits, dict) and all(isinstance(splits.get(split), dict) for split in SPLITS), "splits lacks train or val")
     for split in SPLITS:
         info = splits[split]
-        for key in ("tokens", "documents", "text_bytes", "unknown"):
+        for key in ("tokens", "documents", "empty_documents", "source_bytes", "unknown"):
             need(count(info.get(key)), f"splits.{split}.{key} is not a count")
         shards = info.get("shards")
         need(isinstance(shards, list) and all(isinstance(shard, dict) for shard in shards), f"splits.{split}.shards is not a list")
@@ -142,7 +148,10 @@ class ShardWriter:
 
 
 class ShardSet:
-    """The shards of one split, addressed as one sequence of tokens."""
+    """The shards of one split, addressed as one stream of tokens.
+
+    `tokens`: the stream's length; `source_bytes`: S, the bytes of input it was read from.
+    """
 
     def __init__(self, folder: str | Path, split: str):
         folder = Path(folder)
@@ -167,7 +176,8 @@ class ShardSet:
         self.vocab_size = self.manifest["vocab_size"]
         self.split = split
         self.tokens = int(info["tokens"])
-        self.text_bytes = int(info["text_bytes"])
+        self.source_bytes = int(info["source_bytes"])
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])  # stream position of each shard's first token
 
     def windows_starts(self, length: int) -> np.ndarray:
         """Cumulative count of window start positions of `length` tokens, shard by shard."""
@@ -189,3 +199,13 @@ class ShardSet:
                 f"shard {self.folder / self.manifest['splits'][self.split]['shards'][shard]['file']} holds token id "
                 f"{ids[first]} at position {start + first:,}, past the vocabulary of {self.vocab_size}: prepare the data again"
             )
+
+    def span(self, start: int, length: int) -> np.ndarray:
+        """Tokens start .. start + length - 1 of the stream, across shard boundaries, as int64."""
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        pieces = []
+        while length > 0 and first < len(self.shards):
+            piece = self.read(first, start - int(self._starts[first]), length)
+            pieces.append(piece)
+            start, length, first = start + piece.size, length - piece.size, first + 1
+        return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

@@ -29,6 +29,8 @@ EOT_TEXT = "<|endoftext|>"
 EOT_SEPARATOR = EOT_TEXT + "\n"  # what the end-of-text token stands for in a .txt corpus
 META_FILE = "tokenizer.json"  # our small description; the library's own files sit beside it
 ENCODE_SLICE_CHARS = 1 << 20  # text handed to a library in one call (bounds its per-token objects)
+SP_MAX_SENTENCE_BYTES = 1 << 16  # SentencePiece's max_sentence_length: its training lines are cut to fit
+_LINE_BREAKS = re.compile(r"[\n\r\t]")
 
 
 class Tokenizer(ABC):
@@ -468,7 +470,7 @@ class SentencePieceTokenizer(Tokenizer):
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_lines(texts),
+                sentence_iterator=_lines(texts, SP_MAX_SENTENCE_BYTES),
                 model_writer=model,
                 model_type="bpe",
                 vocab_size=vocab_size,
@@ -479,7 +481,7 @@ class SentencePieceTokenizer(Tokenizer):
                 remove_extra_whitespaces=False,
                 allow_whitespace_only_pieces=True,
                 split_digits=True,
-                max_sentence_length=1 << 16,
+                max_sentence_length=SP_MAX_SENTENCE_BYTES,
                 unk_id=0,
                 bos_id=-1,
                 eos_id=-1,
@@ -557,12 +559,19 @@ def _slices(texts: Iterable[str], max_chars: int) -> Iterator[list[str]]:
         yield group
 
 
-def _lines(texts: Iterable[str]) -> Iterator[str]:
-    """SentencePiece trains on lines; feed it paragraphs, keeping newlines learnable via byte fallback."""
+def _lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """SentencePiece trains on lines (it skips longer ones than max_sentence_length bytes): feed it
+    the text between line breaks and tabs, a long one cut where the cut leaves the ids unchanged.
+
+    Line breaks and tabs then never enter its vocabulary (byte fallback spells them), so a
+    document cut before one (documents.safe_cut) encodes to the ids of the whole.
+    """
+    from .documents import cut_text  # documents imports this module
+
     for text in texts:
-        for line in text.split("\n"):
+        for line in _LINE_BREAKS.split(text):
             if line:
-                yield line
+                yield from cut_text(line, max_bytes)
 
 
 # ---------------------------------------------------------------- building and loading
