@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import one_line
 from tinygpt.analysis import (
     Inspector,
     attention_maps,
@@ -119,6 +120,25 @@ def test_file_bits_equal_eval_bits(run, inspector, text_files):
     assert scores.windows > 100 and scores.bits.size == result["tokens"] and scores.n_bytes == result["bytes"]
     assert scores.total_bits == pytest.approx(result["bits"], rel=1e-6)
     assert scores.bpb == pytest.approx(result["bpb"], rel=1e-6)
+
+
+def test_cli_reads_a_file_as_eval_does_with_its_reading_options(run, tinygpt_command, tmp_path):
+    """--errors and --text-field mean in inspect what they mean in eval: same tokens, same bits."""
+    records = tmp_path / "stories.jsonl"
+    records.write_bytes(b'{"story": "Once upon a time, a fox \\ud800 ran."}\n{"story": "The end."}\n')
+    flags = ["--errors", "replace", "--text-field", "story"]
+    results = tinygpt_command.run_all({
+        "inspect": ["inspect", run, "--file", records, "--json", *flags],
+        "eval": ["eval", run, "--data", records, "--json", "--device", "cpu", *flags],
+        "strict": ["inspect", run, "--file", records, "--text-field", "story"],
+        "field": ["inspect", run, "--file", records],
+    })
+    assert results["inspect"].returncode == 0 and results["eval"].returncode == 0, results
+    shown, measured = json.loads(results["inspect"].stdout), json.loads(results["eval"].stdout)
+    assert shown["n_tokens"] == measured["tokens"]
+    assert shown["bits"] == pytest.approx(measured["bits"], rel=1e-6)
+    assert "lone surrogate U+D800" in one_line(results["strict"].stderr) and results["strict"].returncode == 2
+    assert "has no text field 'text'" in one_line(results["field"].stderr) and results["field"].returncode == 2
 
 
 def test_a_long_text_goes_in_windows_that_start_afresh(inspector):

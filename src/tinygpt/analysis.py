@@ -528,7 +528,9 @@ def compare(earlier: Inspector, later: Inspector, ids: np.ndarray) -> dict:
 
 
 @contextlib.contextmanager
-def file_ids(inspector: Inspector, path: str | Path, limit: int = MAX_TOKENS) -> Iterator[np.ndarray]:
+def file_ids(
+    inspector: Inspector, path: str | Path, limit: int = MAX_TOKENS, *, errors: str = "strict", text_field: str = "text"
+) -> Iterator[np.ndarray]:
     """The tokens of a text file (.txt/.jsonl/.json) or prepared folder as `tinygpt eval` reads it:
     the end-of-text token, then the documents, an end-of-text token for each separator line.
 
@@ -536,7 +538,7 @@ def file_ids(inspector: Inspector, path: str | Path, limit: int = MAX_TOKENS) ->
     """
     from .evaluate import eval_data
 
-    with eval_data(path, None, inspector.tokenizer, inspector.checkpoint) as shards:
+    with eval_data(path, None, inspector.tokenizer, inspector.checkpoint, errors=errors, text_field=text_field) as shards:
         if shards.tokens > limit:
             raise TinyGPTError(f"{path} is {shards.tokens:,} tokens; inspect takes at most {limit:,} (tinygpt eval scores any size)")
         if len(shards.shards) > 1:  # eval's windows start afresh in each shard

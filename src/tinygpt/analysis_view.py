@@ -19,6 +19,7 @@ import torch
 
 from .analysis import MAX_TOKENS, TOP_K, Inspector, Scores, attention_maps, compare, file_ids
 from .common import TinyGPTError
+from .evaluate import add_reading_arguments
 
 # Surprisal bands in bits, with their 256-colour backgrounds: p > 1/2 unmarked, then ever hotter.
 BANDS = [(1.0, None), (2.0, 230), (4.0, 229), (7.0, 222), (10.0, 215), (math.inf, 203)]
@@ -250,6 +251,7 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", "-t", metavar="TEXT", help="the text to inspect (default: standard input when it is not a terminal)")
     source.add_argument("--file", "-f", metavar="FILE", help="a text file (.txt/.jsonl/.json), read as `tinygpt eval` reads it")
+    add_reading_arguments(p)
     p.add_argument("--top-k", type=int, default=TOP_K, metavar="K", help=f"alternatives per position (default: {TOP_K})")
     p.add_argument("--lens", action="store_true", help="print the logit-lens table: each layer's likeliest next token at each position")
     p.add_argument("--position", type=int, metavar="I", help="attention from token I (0 = the first) in every layer and head, and the lens there")
@@ -284,7 +286,7 @@ def _check_arguments(args) -> None:
 
 def _read_ids(inspector: Inspector, args, stack) -> np.ndarray | None:
     if args.file is not None:
-        return stack.enter_context(file_ids(inspector, args.file))
+        return stack.enter_context(file_ids(inspector, args.file, errors=args.errors, text_field=args.text_field))
     text = args.text
     if text is None:
         if args.nearest is not None:

@@ -154,6 +154,12 @@ def eval_data(
         yield shards
 
 
+def add_reading_arguments(p) -> None:
+    """How raw text is read, as `prepare` reads it (data.errors, data.text_field): for eval and inspect."""
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="undecodable raw text (not UTF-8, lone surrogates): an error (strict, the default) or U+FFFD")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="the text field of .jsonl/.json records (default: text)")
+
+
 def evaluate_path(
     checkpoint_path: str,
     data: str,
@@ -185,8 +191,7 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--split", choices=["train", "val"], help="split of a prepared folder (default: val)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="undecodable raw text (not UTF-8, lone surrogates): an error (strict, the default) or U+FFFD")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="the text field of .jsonl/.json records (default: text)")
+    add_reading_arguments(p)
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.epilog = (
         "An exact pass over every token, in non-overlapping windows of the model's context. Bits per byte: "
