@@ -19,8 +19,8 @@ this definition, exact on any file:
     as a separator-delimited .txt).
 
 A prepared folder holds each split as such a stream and records its S (prepare.py); a pass
-over the whole split divides by it. A partial pass (training's periodic evaluation of the
-first train.eval_windows windows) divides by the bytes its target tokens stand for
+over the whole split divides by it. A partial pass (training's periodic evaluation of
+train.eval_windows windows spread evenly over the split) divides by the bytes its target tokens stand for
 (`Tokenizer.token_bytes()`: the end-of-text token 14, a char tokenizer's <unk> 1), an
 estimate, and says so. The sums run over every target token, so a shorter last window
 weighs exactly as much as its tokens. `logprobs_and_bits` is the one place logits become bits.
