@@ -1,187 +1,357 @@
-"""Benchmark training speed: the `seed` preset in our Trainer against the seed recipe written the naive way.
+"""Benchmark training speed: a preset in our Trainer against the same model written the plain way.
 
-usage: python bench/train_speed.py [--seconds 60] [--repeats 3] [--threads 2] [--compile] [--profile]
-                                   [--workdir DIR]
+usage: python bench/train_speed.py [--preset seed|cpu-10min] [--seconds 20] [--repeats 3] [--threads 1]
+                                   [--compile] [--profile] [--workdir DIR]
 
-Both sides train the same model (6 layers, 6 heads of 64 on a 64-wide embedding, context 64,
-batch 32, dropout 0.2, AdamW lr 3e-4) on ../shared/data/tinystories/train.txt, on the same
-cores, each in a fresh process:
-  recipe    ../shared/baselines/seed_recipe.py --seconds S --threads T (its own timing of its loop)
-  ours      tinygpt's Trainer.train_step on the `seed` preset (char tokens, prepared once into
-            WORKDIR), timed the same way: S seconds of steps after 3 warm-up steps
-  compiled  (--compile) the same with train.compile = "on" (torch.compile, inductor on CPU); its
-            warm-up steps include the compilation, which is reported apart
-Runs alternate recipe, ours[, compiled] --repeats times, so load from other work on the machine
-falls on all sides alike; the figure is the median of the per-round ratios ours / recipe.
-Achieved GFLOP/s = tokens/s x the model's training FLOPs per token (6 per weight + attention,
-GPT.flops_per_token); both sides have the same weights, so the same FLOPs per token.
+Two pairs, each the same model, data, dtype and optimizer on both sides:
+  --preset seed       our `seed` preset (float32) against the seed recipe itself,
+                      ../shared/baselines/seed_recipe.py: its own code up to its training loop is run
+                      in this process (model, AdamW, data as a Python-built int64 tensor), and its loop
+                      body is the step: get_batch, forward, zero_grad, backward, step.
+  --preset cpu-10min  our `cpu-10min` preset (Llama 4 x 128, bfloat16 autocast, fused AdamW, clipping
+                      at 1.0) against NanoGPTLlama below: the same model written the way nanoGPT and
+                      llama2.c write it (nn.Linear, nn.RMSNorm, rotary turns, SwiGLU, nn.Dropout and
+                      scaled_dot_product_attention's own dropout), the same weights, the same
+                      optimizer (optim.make_optimizer), the same autocast, the same loss.
+Ours is Trainer.train_step, everything included (learning rate, loss and byte bookkeeping,
+gradient norm). With --compile, a third side: ours with train.compile = "on".
 
-Prints JSON lines: one per run, one summary; with --profile, the torch.profiler table of the top
-ops of our step (self CPU time) on stderr-free stdout after the summary.
+All sides live in one process and take turns: each round runs every side for --seconds of
+steps (after 3 warm-up steps in the first round), so load from other work on the machine falls
+on all of them alike. Each run records wall-clock tokens/s and tokens per CPU-second (process
+CPU time: on one thread other jobs barely change it; with more threads it counts the threads'
+waiting too), and the 1-minute load average. The figures are medians of the per-round ratios
+ours / baseline. Achieved GFLOP/s = tokens/s x training FLOPs per token (GPT.flops_per_token).
+
+Prints JSON lines: one per run, one summary; with --profile, torch.profiler's table of the top
+ops (self CPU time) of each side's steps after the summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from baseline import TRAIN, VALID, emit, run_seed_recipe
+import torch
+from baseline import SEED_RECIPE, TRAIN, VALID, emit
+from torch import nn
+from torch.nn import functional as F
+
+from tinygpt.config import ModelConfig, load_config
+from tinygpt.model import rope_cache
+from tinygpt.optim import make_optimizer
 from tinygpt.shards import is_prepared
+from tinygpt.train import Trainer
 
 WARMUP_STEPS = 3
+BASELINES = {"seed": "recipe", "cpu-10min": "nanogpt"}
 
 
-def run_recipe(seconds: float, threads: int) -> dict:
-    final = run_seed_recipe(seconds, threads)
-    return {"tokens_per_s": final["tokens_per_s"], "steps": final["iters"], "train_s": final["train_s"]}
+# ---------------------------------------------------------------- the nanoGPT-style twin of a Llama preset
 
 
-def run_ours(data: Path, seconds: float, threads: int, compile_: bool) -> dict:
-    """Our Trainer in a fresh process (this script with --worker), as the recipe runs in one."""
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--data",
-        str(data),
-        "--seconds",
-        str(seconds),
-        "--threads",
-        str(threads),
-    ] + (["--compile"] if compile_ else [])
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+class NanoGPTAttention(nn.Module):
+    """nanoGPT's CausalSelfAttention with rotary positions: one c_attn, split, heads, SDPA (its dropout too)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
 
 
-def trainer_for(data: Path, threads: int, compile_: bool, run_dir: Path):
-    from tinygpt.config import load_config
-    from tinygpt.train import Trainer
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's rotate-half rotary turn of x (B, nh, T, hs), cast back as llama2.c does."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
 
+
+class NanoGPTSwiGLU(nn.Module):
+    """llama2.c's FeedForward: w2(silu(w1(x)) * w3(x)), then dropout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.n_embd, bias=False)
+        self.w3 = nn.Linear(cfg.n_embd, cfg.hidden_dim, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class NanoGPTBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = NanoGPTAttention(cfg)
+        self.ln_2 = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = NanoGPTSwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cos, sin)
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPTLlama(nn.Module):
+    """A Llama model config written the plain way: token ids (B, T) -> (logits (B, T, V), loss).
+
+    Only what the cpu-10min preset uses: tied embeddings, as many key/value heads as query heads,
+    SiLU gates, no qk_norm or embedding skips (ValueError otherwise). The loss is taken on
+    float32 logits, as ours is.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        unsupported = {
+            "family": cfg.family != "llama",
+            "n_kv_head": cfg.kv_heads != cfg.n_head,
+            "head_size": cfg.head_dim * cfg.n_head != cfg.n_embd,
+            "activation": cfg.activation == "relu2",  # every other value gates with SiLU in llama
+            "tie_weights": not cfg.tie_weights,
+            "qk_norm": cfg.qk_norm,
+            "embed_skip": cfg.embed_skip,
+        }
+        if any(unsupported.values()):
+            raise ValueError(f"NanoGPTLlama does not write {[k for k, v in unsupported.items() if v]}")
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                "drop": nn.Dropout(cfg.dropout if cfg.embd_dropout else 0.0),
+                "h": nn.ModuleList([NanoGPTBlock(cfg) for _ in range(cfg.n_layer)]),
+                "ln_f": nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps),
+            }
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+        cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)  # (block_size, hs)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = idx.size(1)
+        cos, sin = self.cos[:T], self.sin[:T]
+        x = self.transformer.drop(self.transformer.wte(idx))
+        for block in self.transformer.h:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+
+TWIN_NAMES = [  # ours -> NanoGPTLlama's parameter names
+    ("model.embed_tokens.", "transformer.wte."),
+    ("model.layers.", "transformer.h."),
+    ("model.norm.", "transformer.ln_f."),
+    ("input_layernorm.", "ln_1."),
+    ("post_attention_layernorm.", "ln_2."),
+    ("self_attn.qkv_proj.", "attn.c_attn."),
+    ("self_attn.o_proj.", "attn.c_proj."),
+    ("mlp.gate_proj.", "mlp.w1."),
+    ("mlp.up_proj.", "mlp.w3."),
+    ("mlp.down_proj.", "mlp.w2."),
+]
+
+
+def twin_of(model: nn.Module) -> NanoGPTLlama:
+    """A NanoGPTLlama holding copies of a tinygpt Llama model's weights."""
+    twin = NanoGPTLlama(model.cfg)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        for ours, theirs in TWIN_NAMES:
+            name = name.replace(ours, theirs)
+        state[name] = tensor.clone()
+    twin.load_state_dict(state)
+    return twin
+
+
+# ---------------------------------------------------------------- the sides
+
+
+@dataclass
+class Side:
+    """One way of training: step() runs one optimizer step of tokens_per_step tokens."""
+
+    name: str
+    step: Callable[[], None]
+    tokens_per_step: int
+    flops_per_token: int
+
+
+def ours(preset: str, data: Path, threads: int, compile_: bool, run_dir: Path) -> tuple[Side, Trainer]:
     cfg = load_config(
-        "seed", {"train.threads": str(threads), "train.compile": "on" if compile_ else "off", "train.device": "cpu"}
+        preset, {"train.threads": str(threads), "train.compile": "on" if compile_ else "off", "train.device": "cpu"}
     )
     trainer = Trainer(cfg, data, run_dir)
-    trainer.max_steps = 10**9  # the schedule needs a horizon; the seed's is constant anyway
-    return trainer
+    trainer.max_steps = 10**9  # the schedule needs a horizon; the speed does not depend on it
+    name = "compiled" if compile_ else "ours"
+    return Side(name, trainer.train_step, trainer.tokens_per_step, trainer.model.flops_per_token()), trainer
 
 
-def worker(args) -> None:
-    """Time Trainer.train_step for --seconds; print one JSON line."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = trainer_for(Path(args.data), args.threads, args.compile, Path(run_dir))
-        start = time.perf_counter()
-        for _ in range(WARMUP_STEPS):
-            trainer.train_step()
-        warmup_s = time.perf_counter() - start
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.seconds:
-            trainer.train_step()
-            steps += 1
-        train_s = time.perf_counter() - start
-        tokens = steps * trainer.tokens_per_step
-        print(
-            json.dumps(
-                {
-                    "tokens_per_s": round(tokens / train_s),
-                    "steps": steps,
-                    "train_s": round(train_s, 1),
-                    "warmup_s": round(warmup_s, 1),
-                    "flops_per_token": trainer.model.flops_per_token(),
-                }
-            )
-        )
+def seed_recipe(threads: int, flops_per_token: int) -> Side:
+    """The seed recipe's own code up to its training loop, run here; its loop body as the step."""
+    source = SEED_RECIPE.read_text(encoding="utf-8")
+    setup, loop, _ = source.partition("\nt1 = time.time()")
+    if not loop:
+        raise SystemExit(f"{SEED_RECIPE}: its training loop no longer starts with 't1 = time.time()'")
+    recipe = {"__name__": "seed_recipe"}
+    argv, sys.argv = sys.argv, [str(SEED_RECIPE), str(TRAIN), str(VALID), "--threads", str(threads)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its JSON lines about data and parameters
+            exec(compile(setup, str(SEED_RECIPE), "exec"), recipe)
+    finally:
+        sys.argv = argv
+    m, opt, get_batch, data = recipe["m"], recipe["opt"], recipe["get_batch"], recipe["data"]
+
+    def step() -> None:
+        xb, yb = get_batch(data)
+        _, loss = m(xb, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return Side("recipe", step, recipe["batch_size"] * recipe["block_size"], flops_per_token)
 
 
-def profile(data: Path, threads: int, steps: int = 20) -> str:
-    """torch.profiler's table of our step's top ops by self CPU time."""
+def nanogpt(trainer: Trainer) -> Side:
+    """The preset's model as NanoGPTLlama (the same weights), its optimizer, autocast, clipping and data."""
+    twin = twin_of(trainer.model).train()
+    t = trainer.cfg.train
+    optimizer = make_optimizer(twin, t, "cpu")
+    optimizer.set_lr(t.lr)
+    loader = trainer.loader
+
+    def step() -> None:
+        x, y = loader.next_batch()
+        with trainer.autocast:
+            _, loss = twin(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), t.grad_clip)
+        optimizer.step(trainer.scaler)
+        optimizer.zero_grad(set_to_none=True)
+
+    return Side("nanogpt", step, trainer.tokens_per_step, trainer.model.flops_per_token())
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed(side: Side, seconds: float) -> dict:
+    """Steps for `seconds` of wall clock: tokens per wall second and per CPU second."""
+    steps, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall0 < seconds:
+        side.step()
+        steps += 1
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    tokens = steps * side.tokens_per_step
+    return {
+        "steps": steps,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "tokens_per_s": round(tokens / wall),
+        "tokens_per_cpu_s": round(tokens / cpu),
+        "cpu_ms_per_step": round(1000 * cpu / steps, 1),
+    }
+
+
+def profile(side: Side, steps: int = 10) -> str:
+    """torch.profiler's table of a side's top ops by self CPU time over `steps` steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = trainer_for(data, threads, False, Path(run_dir))
-        for _ in range(WARMUP_STEPS):
-            trainer.train_step()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                trainer.train_step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            side.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
 
 
-def prepare_char(workdir: Path) -> Path:
-    data = workdir / "seed-char"
+def prepare(workdir: Path, preset: str) -> Path:
+    """TinyStories train/valid prepared with the preset's tokenizer, once per workdir."""
+    data = workdir / preset
     if not is_prepared(data):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tinygpt",
-                "prepare",
-                str(TRAIN),
-                "--val",
-                str(VALID),
-                "--out",
-                str(data),
-                "--tokenizer",
-                "char",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        command = [sys.executable, "-m", "tinygpt", "prepare", str(TRAIN), "--val", str(VALID), "--out", str(data),
+                   "--config", preset]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True)
     return data
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=60, help="timed training seconds per run")
+    p.add_argument("--preset", choices=sorted(BASELINES), default="seed", help="which pair to time")
+    p.add_argument("--seconds", type=float, default=20, help="timed training seconds per side per round")
     p.add_argument("--repeats", type=int, default=3, help="rounds of alternating runs")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time ours with train.compile = on")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our step")
-    p.add_argument("--workdir", help="where the char-token data is prepared (default: a temporary folder)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of each side's step")
+    p.add_argument("--workdir", help="where the data is prepared (default: a temporary folder)")
     args = p.parse_args()
-    if args.worker:
-        return worker(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = prepare_char(Path(args.workdir or tmp))
-        sides = ["recipe", "ours"] + (["compiled"] if args.compile else [])
-        results: dict[str, list[dict]] = {side: [] for side in sides}
-        flops_per_token = None
+        data = prepare(Path(args.workdir or tmp), args.preset)
+        ours_side, trainer = ours(args.preset, data, args.threads, False, Path(tmp) / "ours")
+        if args.preset == "seed":
+            baseline = seed_recipe(args.threads, ours_side.flops_per_token)
+        else:
+            baseline = nanogpt(trainer)
+        sides = [baseline, ours_side]
+        if args.compile:
+            sides.append(ours(args.preset, data, args.threads, True, Path(tmp) / "compiled")[0])
+        for side in sides:
+            start = time.perf_counter()
+            for _ in range(WARMUP_STEPS):
+                side.step()
+            emit({"warmup": side.name, "steps": WARMUP_STEPS, "wall_s": round(time.perf_counter() - start, 1)})
+        results: dict[str, list[dict]] = {side.name: [] for side in sides}
         for round_ in range(args.repeats):
             for side in sides:
-                if side == "recipe":
-                    r = run_recipe(args.seconds, args.threads)
-                else:
-                    r = run_ours(data, args.seconds, args.threads, side == "compiled")
-                    flops_per_token = r["flops_per_token"]
-                results[side].append(r)
-                emit({"run": side, "round": round_, "threads": args.threads, **r})
+                r = timed(side, args.seconds)
+                results[side.name].append(r)
+                emit({"run": side.name, "round": round_, "threads": args.threads, **r})
         summary = {
             "summary": "train_speed",
+            "preset": args.preset,
             "threads": args.threads,
             "seconds": args.seconds,
             "repeats": args.repeats,
-            "flops_per_token": flops_per_token,
+            "flops_per_token": ours_side.flops_per_token,
         }
         for side in sides:
-            tps = statistics.median(r["tokens_per_s"] for r in results[side])
-            summary[f"{side}_tokens_per_s"] = round(tps)
-            summary[f"{side}_gflops"] = round(tps * flops_per_token / 1e9, 2)
+            tps = statistics.median(r["tokens_per_s"] for r in results[side.name])
+            summary[f"{side.name}_tokens_per_s"] = round(tps)
+            summary[f"{side.name}_gflops"] = round(tps * side.flops_per_token / 1e9, 2)
+            summary[f"{side.name}_tokens_per_cpu_s"] = round(statistics.median(r["tokens_per_cpu_s"] for r in results[side.name]))
         for side in sides[1:]:
-            ratios = [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(results[side], results["recipe"])]
-            summary[f"{side}_ratio_median"] = round(statistics.median(ratios), 3)
-            summary[f"{side}_ratios"] = [round(x, 3) for x in ratios]
+            for per in ("tokens_per_s", "tokens_per_cpu_s"):
+                pairs = zip(results[side.name], results[baseline.name])
+                ratios = [o[per] / b[per] for o, b in pairs]
+                summary[f"{side.name}_{per}_ratios"] = [round(x, 3) for x in ratios]
+                summary[f"{side.name}_{per}_ratio_median"] = round(statistics.median(ratios), 3)
         emit(summary)
         if args.profile:
-            print(profile(data, args.threads), flush=True)
+            for side in sides:
+                print(f"{side.name}:\n{profile(side)}", flush=True)
 
 
 if __name__ == "__main__":
