@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from torch import nn
 from torch.nn import functional as F
 
+from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import ModelConfig, load_config
 from tinygpt.model import rope_cache
 from tinygpt.optim import make_optimizer
@@ -220,7 +220,7 @@ def seed_recipe(threads: int, flops_per_token: int) -> Side:
     argv, sys.argv = sys.argv, [str(SEED_RECIPE), str(TRAIN), str(VALID), "--threads", str(threads)]
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its JSON lines about data and parameters
-            exec(compile(setup, str(SEED_RECIPE), "exec"), recipe)
+            exec(compile(setup, str(SEED_RECIPE), "exec"), recipe)  # noqa: S102 (the shared baseline, run as it is)
     finally:
         sys.argv = argv
     m, opt, get_batch, data = recipe["m"], recipe["opt"], recipe["get_batch"], recipe["data"]
@@ -341,7 +341,9 @@ def main() -> None:
             tps = statistics.median(r["tokens_per_s"] for r in results[side.name])
             summary[f"{side.name}_tokens_per_s"] = round(tps)
             summary[f"{side.name}_gflops"] = round(tps * side.flops_per_token / 1e9, 2)
-            summary[f"{side.name}_tokens_per_cpu_s"] = round(statistics.median(r["tokens_per_cpu_s"] for r in results[side.name]))
+            summary[f"{side.name}_tokens_per_cpu_s"] = round(
+                statistics.median(r["tokens_per_cpu_s"] for r in results[side.name])
+            )
         for side in sides[1:]:
             for per in ("tokens_per_s", "tokens_per_cpu_s"):
                 pairs = zip(results[side.name], results[baseline.name])
