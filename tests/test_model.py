@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from tinygpt.common import TinyGPTError
 from tinygpt.config import FAMILY_RULES, ModelConfig
 from tinygpt.model import FAMILIES as FAMILY_CLASSES
-from tinygpt.model import GPT, RMSNorm, RotaryPositions, apply_rope, dropout_mask, rope_cache
+from tinygpt.model import GPT, CrossEntropy, RMSNorm, RotaryPositions, apply_rope, dropout_mask, rope_cache
 
 V = 48
 
@@ -234,6 +234,25 @@ def test_loss_ignores_minus_one_targets():
     logits, loss = model(idx, masked)
     expected = F.cross_entropy(logits[:, :4].reshape(-1, V), targets[:, :4].reshape(-1))
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_matches_torch_loss_and_gradient(dtype, monkeypatch):
+    monkeypatch.setattr(CrossEntropy, "CHUNK", 3 * 500)  # 3 rows of 500 logits a chunk: 37 rows make 13 chunks
+    g = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(37, 500, generator=g)).to(dtype)
+    targets = torch.randint(0, 500, (37,), generator=g)
+    targets[[0, 5, 36]] = -1
+    ours, plain = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = CrossEntropy.apply(ours, targets)
+    expected = F.cross_entropy(plain.float(), targets, ignore_index=-1)
+    (3 * loss).backward()
+    (3 * expected).backward()
+    assert loss.dtype == torch.float32 and ours.grad.dtype == dtype
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours.grad, plain.grad)
+    assert ours.grad[[0, 5, 36]].abs().max() == 0  # ignored rows get no gradient
+    assert CrossEntropy.apply(logits, torch.full((37,), -1)).isnan()  # nothing counted: 0 / 0, as torch's
 
 
 @pytest.mark.parametrize("name", FAMILIES)

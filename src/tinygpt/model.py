@@ -70,6 +70,47 @@ def dropout_mask(shape: torch.Size, p: float, device, dtype) -> torch.Tensor:
     return keep.to(dtype).mul_(1.0 / (1.0 - p))
 
 
+class CrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits.float(), targets, ignore_index=-1), a chunk of rows at a time.
+
+    The loss is taken in float32 whatever the logits' dtype, as before, but each chunk of about
+    a mebibyte of float32 logits is made, used and dropped while it is in cache: no float32 copy
+    of all the logits, no full log-softmax kept for the backward pass, no zero-filled gradient
+    for it. Forward: loss = mean over the targets that are not -1 of logsumexp(row) - row[target].
+    Backward: each row's gradient is softmax(row) - onehot(target) (0 for an ignored row), times
+    the incoming gradient / the number of counted rows, in the logits' dtype. On the cpu-10min
+    model (2048 rows of 4096 logits in bfloat16) a third of the time of the plain form.
+    """
+
+    CHUNK = 2**18  # float32 elements of logits per chunk (1 MiB)
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """logits (N, V) of any float dtype, targets (N,) int64 in [0, V) or -1 -> the mean loss, float32, in nats."""
+        rows = max(1, CrossEntropy.CHUNK // logits.size(1))
+        lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)  # (N,) log of each row's softmax denominator
+        for start in range(0, logits.size(0), rows):
+            lse[start : start + rows] = torch.logsumexp(logits[start : start + rows].float(), dim=-1)
+        counted = targets != -1
+        picked = logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1).float()  # (N,) each row's target logit
+        ctx.save_for_backward(logits, targets, lse, counted)
+        ctx.rows = rows
+        return ((lse - picked) * counted).sum() / counted.sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, targets, lse, counted = ctx.saved_tensors
+        scale = grad / counted.sum()
+        out = torch.empty_like(logits)
+        ones = torch.ones(logits.size(0), 1, dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.size(0), ctx.rows):
+            end = start + ctx.rows
+            probs = (logits[start:end].float() - lse[start:end, None]).exp_()  # (rows, V) softmax
+            probs.scatter_add_(1, targets[start:end].clamp(min=0).unsqueeze(1), -ones[start:end])
+            out[start:end] = probs.mul_(scale * counted[start:end, None])
+        return out, None
+
+
 class Dropout(nn.Module):
     """nn.Dropout, with dropout_mask's cheaper random numbers on CPU (torch's fused kernels elsewhere)."""
 
@@ -545,7 +586,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, V)
         loss = None
         if targets is not None:  # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
