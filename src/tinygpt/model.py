@@ -181,9 +181,10 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     al. 2017, eq. 1). scaled_dot_product_attention computes the same without keeping them.
     """
     T, S = q.size(2), k.size(2)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    att = q @ k.transpose(-2, -1)  # (B, nh, T, S)
     causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    return att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    # in place: the product's backward needs q and k, not its output; one (B, nh, T, S) tensor, not three
+    return att.mul_(1.0 / math.sqrt(q.size(-1))).masked_fill_(~causal, float("-inf")).softmax(dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
