@@ -20,7 +20,8 @@ All sides live in one process and take turns: each round runs every side for --s
 steps (after 3 warm-up steps in the first round), so load from other work on the machine falls
 on all of them alike. Each run records wall-clock tokens/s and tokens per CPU-second (process
 CPU time: on one thread other jobs barely change it; with more threads it counts the threads'
-waiting too), and the 1-minute load average. The figures are medians of the per-round ratios
+waiting too), and the 1-minute load average; the warm-up line says how many tensor ops one
+step dispatches (forward, backward, optimizer), which decides how often threads wait for each other. The figures are medians of the per-round ratios
 ours / baseline. Achieved GFLOP/s = tokens/s x training FLOPs per token (GPT.flops_per_token).
 
 Prints JSON lines: one per run, one summary; with --profile, torch.profiler's table of the top
@@ -44,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import ModelConfig, load_config
@@ -192,12 +194,13 @@ def twin_of(model: nn.Module) -> NanoGPTLlama:
 
 @dataclass
 class Side:
-    """One way of training: step() runs one optimizer step of tokens_per_step tokens."""
+    """One way of training: step() runs one optimizer step of tokens_per_step tokens of `model`."""
 
     name: str
     step: Callable[[], None]
     tokens_per_step: int
     flops_per_token: int
+    model: nn.Module
 
 
 def ours(preset: str, data: Path, threads: int, compile_: bool, run_dir: Path) -> tuple[Side, Trainer]:
@@ -207,7 +210,8 @@ def ours(preset: str, data: Path, threads: int, compile_: bool, run_dir: Path) -
     trainer = Trainer(cfg, data, run_dir)
     trainer.max_steps = 10**9  # the schedule needs a horizon; the speed does not depend on it
     name = "compiled" if compile_ else "ours"
-    return Side(name, trainer.train_step, trainer.tokens_per_step, trainer.model.flops_per_token()), trainer
+    side = Side(name, trainer.train_step, trainer.tokens_per_step, trainer.model.flops_per_token(), trainer.model)
+    return side, trainer
 
 
 def seed_recipe(threads: int, flops_per_token: int) -> Side:
@@ -232,7 +236,7 @@ def seed_recipe(threads: int, flops_per_token: int) -> Side:
         loss.backward()
         opt.step()
 
-    return Side("recipe", step, recipe["batch_size"] * recipe["block_size"], flops_per_token)
+    return Side("recipe", step, recipe["batch_size"] * recipe["block_size"], flops_per_token, m)
 
 
 def nanogpt(trainer: Trainer) -> Side:
@@ -252,7 +256,7 @@ def nanogpt(trainer: Trainer) -> Side:
         optimizer.step(trainer.scaler)
         optimizer.zero_grad(set_to_none=True)
 
-    return Side("nanogpt", step, trainer.tokens_per_step, trainer.model.flops_per_token())
+    return Side("nanogpt", step, trainer.tokens_per_step, trainer.model.flops_per_token(), twin)
 
 
 # ---------------------------------------------------------------- timing
@@ -274,6 +278,25 @@ def timed(side: Side, seconds: float) -> dict:
         "tokens_per_cpu_s": round(tokens / cpu),
         "cpu_ms_per_step": round(1000 * cpu / steps, 1),
     }
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor ops that reach a kernel (forward, backward and optimizer), views left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(side: Side) -> int:
+    """How many ops one step dispatches: on a busy machine each multi-threaded op waits for its slowest thread."""
+    with OpCounter() as counter:
+        side.step()
+    return counter.ops
 
 
 def profile(side: Side, steps: int = 10) -> str:
@@ -322,7 +345,10 @@ def main() -> None:
             start = time.perf_counter()
             for _ in range(WARMUP_STEPS):
                 side.step()
-            emit({"warmup": side.name, "steps": WARMUP_STEPS, "wall_s": round(time.perf_counter() - start, 1)})
+            warmup_s = round(time.perf_counter() - start, 1)
+            params = sum(p.numel() for p in side.model.parameters())  # the same model on every side
+            emit({"warmup": side.name, "steps": WARMUP_STEPS, "wall_s": warmup_s, "ops_per_step": ops_per_step(side),
+                  "params": params})  # fmt: skip
         results: dict[str, list[dict]] = {side.name: [] for side in sides}
         for round_ in range(args.repeats):
             for side in sides:
