@@ -107,10 +107,8 @@ class NanoGPTSwiGLU(nn.Module):
 class NanoGPTBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.attn = NanoGPTAttention(cfg)
-        self.ln_2 = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp = NanoGPTSwiGLU(cfg)
+        self.ln_1, self.ln_2 = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps), nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn, self.mlp = NanoGPTAttention(cfg), NanoGPTSwiGLU(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cos, sin)
