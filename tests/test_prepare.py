@@ -485,6 +485,12 @@ BAD_INPUTS = {  # case -> (files to write, arguments after `prepare`, exit code,
         {"s.jsonl": b'{"story": "x"}\n'}, ["{d}/s.jsonl"], 2, "s.jsonl line 1 has no text field 'text' (set data.text_field"),
     "jsonl not JSON": ({"s.jsonl": b'{"text": "fine"}\n{"text": oops}\n'}, ["{d}/s.jsonl"], 2, "s.jsonl line 2: not valid JSON"),
     "json object, not an array": ({"s.json": b'{"text": "x"}'}, ["{d}/s.json"], 2, "s.json is not a JSON array of objects"),
+    "jsonl number of 5000 digits": (
+        {"s.jsonl": b'{"text": "fine"}\n{"text": "x", "id": ' + b"1" * 5000 + b"}\n"}, ["{d}/s.jsonl"],
+        2, "s.jsonl line 2: its JSON holds a number too long to read (more than 4,300 digits)"),
+    "json nested 100000 deep, sentencepiece": (
+        {"s.json": b'[{"text": "x", "y": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]"}, ["{d}/s.json", "--tokenizer", "sentencepiece"],
+        2, "s.json item 0: its JSON is nested too deeply to read"),
     "json cut short": ({"s.json": b'[{"text": "a"}, {"text": '}, ["{d}/s.json"], 2, "s.json is not valid JSON (it ends too early"),
     "compressed file named": ({"data.txt.gz": b"\x1f\x8b\x08"}, ["{d}/data.txt.gz"], 2, ".gz is not read; decompress it first"),
     "folder of files it does not read": (

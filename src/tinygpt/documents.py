@@ -32,6 +32,7 @@ import glob
 import io
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,8 @@ class Reader:
                             record = json.loads(line)
                         except json.JSONDecodeError as e:
                             raise TinyGPTError(f"{where}: not valid JSON ({e.msg})") from None
+                        except (ValueError, RecursionError) as e:
+                            raise _unreadable_json(where, e) from None
                         yield self._record_text(record, where)
                 line_number += data.count(b"\n")
 
@@ -398,6 +401,8 @@ class Reader:
                     if source.more_for(e):
                         continue
                     raise source.invalid(e.msg, e.pos) from None
+                except (ValueError, RecursionError) as e:
+                    raise _unreadable_json(f"{path} item {index}", e) from None
                 yield self._record_text(record, f"{path} item {index}")
                 index += 1
                 pos = source.skip_space(pos)
@@ -498,6 +503,14 @@ class _TextWindow:
             return TinyGPTError(f"{self._path} is not valid JSON (it ends too early, at offset {self._read})")
         offset = self._base + len(self.text[:pos].encode())
         return TinyGPTError(f"{self._path} is not valid JSON ({message[0].lower() + message[1:]} at offset {offset})")
+
+
+def _unreadable_json(where: str, error: ValueError | RecursionError) -> TinyGPTError:
+    """Valid JSON that Python's parser refuses: nesting deeper than its recursion limit, or an
+    integer of more digits than sys.get_int_max_str_digits() (4,300 by default)."""
+    if isinstance(error, RecursionError):
+        return TinyGPTError(f"{where}: its JSON is nested too deeply to read (more than {sys.getrecursionlimit():,} levels)")
+    return TinyGPTError(f"{where}: its JSON holds a number too long to read (more than {sys.get_int_max_str_digits():,} digits)")
 
 
 def _json_type(value) -> str:
