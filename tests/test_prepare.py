@@ -310,6 +310,18 @@ def test_summary_says_what_was_read(tokenizer_folders, train_docs, tmp_path, cap
     assert any(line.startswith("  train: 2 documents,") for line in lines)  # b.TXT's and notes.md's
 
 
+def test_summary_counts_the_cuts_at_a_character_boundary(tokenizer_folders, tmp_path, capsys, monkeypatch):
+    """One document of 3.5 pieces without whitespace: three cuts, and the summary says cuts, not documents."""
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 1000)
+    (tmp_path / "line.txt").write_text("abcdefghij" * 350)
+    argv = ["prepare", str(tmp_path / "line.txt"), "--out", str(tmp_path / "out"), "--tokenizer-from",
+            str(tokenizer_folders["char"]), "--tokenizer", "char", "--data.val_fraction=0", "--workers", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  train: 1 documents,") for line in lines)
+    assert any(line.startswith("  read: 3 cut(s) inside documents at a character boundary") for line in lines), lines
+
+
 # ---------------------------------------------------------------- the output folder
 
 

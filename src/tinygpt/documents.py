@@ -213,7 +213,7 @@ class ReadStats:
 
     cr_line_endings: int = 0  # \r\n and \r line endings read (converted to \n unless kept)
     boms: int = 0  # files whose byte-order mark was dropped
-    char_cuts: int = 0  # documents cut at a character boundary: no safe point in CHUNK_BYTES
+    char_cuts: int = 0  # cuts inside documents at a character boundary: no safe point in CHUNK_BYTES
 
 
 class Reader:

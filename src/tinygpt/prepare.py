@@ -595,7 +595,7 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
     reading = [
         f"{read['cr_line_endings']:,} \\r\\n or \\r line endings {done}" if read["cr_line_endings"] else "",
         f"{read['boms']:,} byte-order mark(s) dropped" if read["boms"] else "",
-        f"{read['char_cuts']:,} document(s) cut at a character boundary (no space, tab or newline in "
+        f"{read['char_cuts']:,} cut(s) inside documents at a character boundary (no space, tab or newline in "
         f"{CHUNK_BYTES / 2**10:,.0f} KiB)" if read["char_cuts"] else "",
     ]
     if any(reading):
