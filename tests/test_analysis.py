@@ -114,12 +114,26 @@ def test_every_token_of_a_text_is_scored_after_end_of_text(inspector):
 
 def test_file_bits_equal_eval_bits(run, inspector, text_files):
     _, valid = text_files  # ~40 KB of stories: hundreds of windows of 32 tokens
-    with file_ids(inspector, valid) as ids:
+    with file_ids(inspector, valid) as (ids, _):
         scores = inspector.score(ids)
     result = evaluate_path(str(run), str(valid), device="cpu")
     assert scores.windows > 100 and scores.bits.size == result["tokens"] and scores.n_bytes == result["bytes"]
     assert scores.total_bits == pytest.approx(result["bits"], rel=1e-6)
     assert scores.bpb == pytest.approx(result["bpb"], rel=1e-6)
+
+
+def test_a_file_with_crlf_and_a_byte_order_mark_has_eval_bits_per_byte(run, inspector, tmp_path, capsys):
+    """inspect --file divides by the file's size as eval does (a BOM and each \\r count), and a text with
+    \\r\\n line endings is read as the same text with \\n, as documents and prompts are."""
+    path = tmp_path / "story.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + TEXT.replace(". ", ".\r\n").encode() + b"\r\n<|endoftext|>\r\nThe end.\r\n")
+    result = evaluate_path(str(run), str(path), device="cpu")
+    assert main(["inspect", str(run), "--file", str(path), "--json", "--device", "cpu"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["bytes"] == result["bytes"] == path.stat().st_size
+    assert answer["bpb"] == pytest.approx(result["bpb"], rel=1e-5)
+    crlf, lf = TEXT.replace(". ", ".\r\n"), TEXT.replace(". ", ".\n")
+    assert inspector.encode(crlf).tolist() == inspector.encode(lf).tolist()
 
 
 def test_cli_reads_a_file_as_eval_does_with_its_reading_options(run, tinygpt_command, tmp_path):

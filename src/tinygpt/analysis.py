@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .common import TinyGPTError, autodetect_device
+from .documents import normalize_line_endings
 from .evaluate import logprobs_and_bits
 from .loader import sequence_windows
 from .model import GPT, CausalSelfAttention, RotaryPositions, apply_rope, attention_weights
@@ -201,13 +202,15 @@ def target_stats(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.Te
 @torch.inference_mode()
 def score(
     model: GPT, ids: np.ndarray | list[int], token_bytes: np.ndarray, top_k: int = TOP_K, lens: bool = False,
-    lens_top: bool = False,
+    lens_top: bool = False, n_bytes: int | None = None,
 ) -> Scores:
     """Score every token of `ids` after the first, window by window as `tinygpt eval` does.
 
     token_bytes (V,): the bytes each id stands for (Tokenizer.token_bytes()). lens: also the rank
     and probability of each target through every layer's logit lens (n_layer - 1 more output-head
-    products per window); lens_top: and each layer's top-k. Needs len(ids) >= 2.
+    products per window); lens_top: and each layer's top-k. n_bytes: the bytes the text was read
+    from, where known (a file's source bytes S, as `tinygpt eval` divides by), else the bytes its
+    target tokens stand for. Needs len(ids) >= 2.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2:
@@ -230,7 +233,7 @@ def score(
         for key, value in found.items():
             parts.setdefault(key, []).append(value.cpu())
     arrays = {key: torch.cat(values).numpy() for key, values in parts.items()}
-    n_bytes = int(token_bytes[ids[1:]].sum())
+    n_bytes = int(token_bytes[ids[1:]].sum()) if n_bytes is None else n_bytes
     return Scores(ids=ids, n_bytes=n_bytes, windows=windows, **arrays)
 
 
@@ -404,17 +407,20 @@ class Inspector:
         return nearest_tokens(self._units, token, k)
 
     def encode(self, text: str, limit: int = MAX_TOKENS) -> np.ndarray:
-        """[end-of-text] + the text's ids: the text scored as a document start. Raises TinyGPTError for
-        an empty text, one over `limit` tokens, or characters the tokenizer cannot encode (named)."""
+        """[end-of-text] + the text's ids: the text scored as a document start, its line endings read
+        as documents' are (documents.normalize_line_endings). Raises TinyGPTError for an empty text,
+        one over `limit` tokens, or characters the tokenizer cannot encode (named)."""
         if not text:
             raise TinyGPTError("the text is empty: give at least one character to inspect")
-        ids = self.tokenizer.encode_prompt(text, "text")
+        ids = self.tokenizer.encode_prompt(normalize_line_endings(text), "text")
         if len(ids) > limit:
             raise TinyGPTError(f"the text is {len(ids):,} tokens; inspect takes at most {limit:,}")
         return np.array([self.tokenizer.eot_id, *ids], dtype=np.int64)
 
-    def score(self, ids: np.ndarray, top_k: int = TOP_K, lens: bool = False, lens_top: bool = False) -> Scores:
-        return score(self.model, ids, self.token_bytes, top_k, lens, lens_top)
+    def score(
+        self, ids: np.ndarray, top_k: int = TOP_K, lens: bool = False, lens_top: bool = False, n_bytes: int | None = None
+    ) -> Scores:
+        return score(self.model, ids, self.token_bytes, top_k, lens, lens_top, n_bytes)
 
     def inspect(self, text: str, top_k: int = TOP_K, lens: bool = True) -> dict:
         """The first answer about a text: its tokens with surprisal, top-k and lens ranks, as JSON."""
@@ -512,15 +518,15 @@ def _sig(x) -> float:
 # ---------------------------------------------------------------- what changed between two checkpoints
 
 
-def compare(earlier: Inspector, later: Inspector, ids: np.ndarray) -> dict:
-    """Per-token surprisal of one sequence under two checkpoints of the same tokenizer.
+def compare(earlier: Inspector, later: Inspector, ids: np.ndarray, n_bytes: int | None = None) -> dict:
+    """Per-token surprisal of one sequence under two checkpoints of the same tokenizer (n_bytes as in `score`).
 
     Returns {"earlier", "later": Scores, "delta": (n,) bits later - earlier (negative: learned)}.
     Raises TinyGPTError when the tokenizers differ (the same ids would mean different text).
     """
     if earlier.tokenizer.hash != later.tokenizer.hash:
         raise TinyGPTError("the two checkpoints have different tokenizers: their token ids cannot be compared")
-    before, after = earlier.score(ids), later.score(ids)
+    before, after = earlier.score(ids, n_bytes=n_bytes), later.score(ids, n_bytes=n_bytes)
     return {"earlier": before, "later": after, "delta": after.bits - before.bits}
 
 
@@ -530,9 +536,10 @@ def compare(earlier: Inspector, later: Inspector, ids: np.ndarray) -> dict:
 @contextlib.contextmanager
 def file_ids(
     inspector: Inspector, path: str | Path, limit: int = MAX_TOKENS, *, errors: str = "strict", text_field: str = "text"
-) -> Iterator[np.ndarray]:
+) -> Iterator[tuple[np.ndarray, int]]:
     """The tokens of a text file (.txt/.jsonl/.json) or prepared folder as `tinygpt eval` reads it:
-    the end-of-text token, then the documents, an end-of-text token for each separator line.
+    the end-of-text token, then the documents, an end-of-text token for each separator line; and S,
+    the source bytes that eval's bits per byte divides by (a .txt file's size).
 
     Raises TinyGPTError for a file over `limit` tokens, or one prepared with another tokenizer.
     """
@@ -543,4 +550,4 @@ def file_ids(
             raise TinyGPTError(f"{path} is {shards.tokens:,} tokens; inspect takes at most {limit:,} (tinygpt eval scores any size)")
         if len(shards.shards) > 1:  # eval's windows start afresh in each shard
             raise TinyGPTError(f"{path} is prepared in {len(shards.shards)} shards; inspect reads one: give the text file")
-        yield np.asarray(shards.shards[0], dtype=np.int64)
+        yield np.asarray(shards.shards[0], dtype=np.int64), shards.source_bytes

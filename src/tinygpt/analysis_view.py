@@ -19,6 +19,7 @@ import torch
 
 from .analysis import MAX_TOKENS, TOP_K, Inspector, Scores, attention_maps, compare, file_ids
 from .common import TinyGPTError
+from .documents import normalize_line_endings
 from .evaluate import add_reading_arguments
 
 # Surprisal bands in bits, with their 256-colour backgrounds: p > 1/2 unmarked, then ever hotter.
@@ -284,21 +285,22 @@ def _check_arguments(args) -> None:
         raise TinyGPTError(f"--attention-png {args.attention_png} is a file: give a folder for the heat-maps")
 
 
-def _read_ids(inspector: Inspector, args, stack) -> np.ndarray | None:
+def _read_ids(inspector: Inspector, args, stack) -> tuple[np.ndarray | None, int | None]:
+    """The ids to inspect and, for a file, its source bytes (None: the bytes the tokens stand for)."""
     if args.file is not None:
         return stack.enter_context(file_ids(inspector, args.file, errors=args.errors, text_field=args.text_field))
     text = args.text
     if text is None:
         if args.nearest is not None:
-            return None
+            return None, None
         if sys.stdin is None or sys.stdin.isatty():
             raise TinyGPTError("give a text to inspect: --text TEXT, --file FILE, or pipe it on standard input")
         data = sys.stdin.buffer.read()  # bytes: a text stream would turn bad bytes into lone surrogates
         try:
-            text = data.decode("utf-8").removesuffix("\n")
+            text = normalize_line_endings(data.decode("utf-8")).removesuffix("\n")
         except UnicodeDecodeError as e:
             raise TinyGPTError(f"the text on standard input is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}") from None
-    return inspector.encode(text)
+    return inspector.encode(text), None
 
 
 def _one_token(inspector: Inspector, text: str) -> int:
@@ -326,9 +328,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     lines: list[str] = []
     colour = use_colour()
     with contextlib.ExitStack() as stack:
-        ids = _read_ids(inspector, args, stack)
+        ids, n_bytes = _read_ids(inspector, args, stack)
         if ids is not None:
-            scores = inspector.score(ids, args.top_k, lens=args.lens or args.json, lens_top=args.lens)
+            scores = inspector.score(ids, args.top_k, lens=args.lens or args.json, lens_top=args.lens, n_bytes=n_bytes)
             result.update(inspector.scores_json(scores))
             lines += [_header(inspector, result), ""] + surprisal_view(inspector, scores, colour)
             if args.lens:
@@ -338,7 +340,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                 result["position_detail"] = detail
                 lines += [""] + position_view(inspector, detail)
             if args.compare is not None:
-                lines += [""] + _compare(inspector, ids, args, result, colour)
+                lines += [""] + _compare(inspector, ids, n_bytes, args, result, colour)
             if args.attention_png:
                 paths = write_attention_pngs(inspector, ids, Path(args.attention_png))
                 result["attention_png"] = [str(p) for p in paths]
@@ -373,14 +375,14 @@ def _header(inspector: Inspector, result: dict) -> str:
     )
 
 
-def _compare(inspector: Inspector, ids: np.ndarray, args, result: dict, colour: bool) -> list[str]:
+def _compare(inspector: Inspector, ids: np.ndarray, n_bytes: int | None, args, result: dict, colour: bool) -> list[str]:
     other = Inspector.from_path(args.compare, args.device)
     steps = (_step(inspector), _step(other))
     pair = (inspector, other)
     if steps[0] is not None and steps[1] is not None and steps[0] < steps[1]:
         pair = (other, inspector)  # the later checkpoint is the one that learned
     later, earlier = pair
-    found = compare(earlier, later, ids)
+    found = compare(earlier, later, ids, n_bytes)
     names = tuple(f"{x.checkpoint}" + (f" (step {_step(x):,})" if _step(x) is not None else "") for x in (earlier, later))
     result["compare"] = {
         "earlier": names[0],
