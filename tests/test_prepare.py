@@ -516,6 +516,10 @@ BAD_INPUTS = {  # case -> (files to write, arguments after `prepare`, exit code,
     "sentencepiece vocabulary too large": (
         {"few.txt": SOME_STORIES.encode()}, ["{d}/few.txt", "--tokenizer", "sentencepiece", "--vocab-size", "60000"],
         2, "sentencepiece could not train a vocabulary of 60000: Vocabulary size too high"),
+    "sentencepiece vocabulary below the characters": (
+        {"cjk.txt": "".join(chr(0x4E00 + i) + chr(0x4E00 + (i * 7) % 500) for i in range(500)).encode()},
+        ["{d}/cjk.txt", "--tokenizer", "sentencepiece", "--vocab-size", "400", "--data.val_fraction=0"],
+        2, "it keeps a token for every character of the text (character_coverage 1.0), which takes 758 tokens with its own"),
     "tokenizer of the wrong kind": (
         {"few.txt": SOME_STORIES.encode()}, ["{d}/few.txt", "--tokenizer-from", "{bpe}", "--tokenizer", "char"],
         2, "is of kind 'bpe', expected 'char'"),

@@ -494,6 +494,11 @@ class SentencePieceTokenizer(Tokenizer):
             # Keep the library's reason, without its "INTERNAL: file.cc(123) [condition]" prefix.
             lines = str(e).splitlines()
             msg = re.sub(r"^[A-Z_]+: \S+\(\d+\) \[.*?\] ", "", lines[0]) if lines else "training failed"
+            if needed := re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg):  # its advice names its own flags
+                msg = (
+                    f"it keeps a token for every character of the text (character_coverage 1.0), which takes "
+                    f"{int(needed[1]):,} tokens with its own: raise --vocab-size, or use --tokenizer bpe"
+                )
             raise TinyGPTError(f"sentencepiece could not train a vocabulary of {vocab_size}: {msg}") from None
         return cls(model.getvalue())
 
