@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from tinygpt import tokenizers
 from tinygpt.common import TinyGPTError
 from tinygpt.documents import split_documents
-from tinygpt.tokenizers import EOT_SEPARATOR, EOT_TEXT, CharTokenizer, load_tokenizer, train_tokenizer
+from tinygpt.tokenizers import (
+    EOT_SEPARATOR,
+    EOT_TEXT,
+    MAX_TRAINING_WORD,
+    CharTokenizer,
+    load_tokenizer,
+    short_words,
+    train_tokenizer,
+)
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NO_SPACE_STAND_IN = st.text(alphabet=st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)))
@@ -194,3 +202,15 @@ def test_vocabulary_larger_than_the_text_supports_is_one_clean_line(kind, train_
         train_tokenizer(kind, train_docs[:20], 5000)
     message = str(error.value)
     assert "5000" in message and "\n" not in message and "INTERNAL" not in message and ".cc(" not in message
+
+
+def test_bpe_trains_on_words_of_bounded_length(train_docs):
+    """A run without whitespace longer than MAX_TRAINING_WORD reaches the BPE trainer in parts (its time
+    grows with the square of a word's length); other texts reach it as they are."""
+    n = MAX_TRAINING_WORD
+    texts = [train_docs[0], "x" * n + " y", " " + "日本" * n + " end"]
+    parts = list(short_words(texts))
+    assert parts[:2] == texts[:2] and "".join(parts[2:]) == texts[2]
+    assert [len(p) for p in parts[2:]] == [n, n, 5] and max(map(len, " ".join(parts).split())) <= n + 1
+    tok = train_tokenizer("bpe", [*train_docs[:50], "日本" * 20 * n], 300)
+    assert tok.decode(tok.encode("日本" * 3 * n)) == "日本" * 3 * n and len(tok.encode("日本" * n)) < 3 * 2 * n
