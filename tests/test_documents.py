@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tinygpt import documents
 from tinygpt.common import TinyGPTError
+from tinygpt.config import load_config
 from tinygpt.documents import (
     Reader,
     character_cut,
@@ -26,6 +27,7 @@ from tinygpt.documents import (
     split_documents,
     whole_documents,
 )
+from tinygpt.prepare import prepare
 
 SEP = "<|endoftext|>"
 
@@ -287,6 +289,20 @@ def test_suffixes_in_any_case_and_skipped_files_listed(tmp_path):
         find_inputs([str(tmp_path / "data.txt.gz")])
     with pytest.raises(TinyGPTError, match=r"no .txt, .jsonl or .json files in .* \(skipped: notes.md"):
         find_inputs([str(tmp_path / "*.md")])
+
+
+def test_a_prepared_folder_inside_an_input_folder_is_skipped(tmp_path, tokenizer_folders):
+    """Preparing a folder again into another subfolder does not read the first output's manifest and
+    tokenizer files as JSON input (it did: 'manifest.json is not a JSON array of objects')."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("Once upon a time.\n")
+    out = tmp_path / "in" / "v1"
+    prepare([str(tmp_path / "in")], out, load_config(None, {"data.workers": "1", "data.val_fraction": "0",
+            "tokenizer.kind": "char"}), tokenizer_from=str(tokenizer_folders["char"]), progress=False)  # fmt: skip
+    for spec in (tmp_path / "in", tmp_path / "in" / "**" / "*"):
+        found = find_inputs([str(spec)])
+        assert found.train == [tmp_path / "in" / "a.txt"]
+        assert f"skipped: {out}: a prepared-data folder (its manifest and tokenizer are not text)" in found.notes
 
 
 def test_an_input_given_twice_is_read_once_and_validation_is_left_out(tmp_path):

@@ -31,6 +31,7 @@ import codecs
 import glob
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import TinyGPTError
+from .shards import is_prepared
 from .tokenizers import EOT_SEPARATOR, EOT_TEXT
 
 # Input read, split and encoded as one unit of work. The tokenizer libraries' memory grows with the
@@ -114,14 +116,18 @@ def _expand(spec: str, exclude: Path | None, notes: list[str]) -> list[Path]:
             notes.append(f"{path} is read as plain text ({path.suffix or 'no suffix'} is not .txt, .jsonl or .json)")
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file())
+        found, root = sorted(p for p in path.rglob("*") if p.is_file()), path
     elif any(c in spec for c in "*?["):
         found = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file())
+        root = Path(os.path.dirname(spec[: min(spec.find(c) % (len(spec) + 1) for c in "*?[")]))
     else:
         raise TinyGPTError(f"input not found: {spec}")
     if exclude is not None:
         excluded = exclude.resolve()
         found = [p for p in found if not p.resolve().is_relative_to(excluded)]
+    prepared = _prepared_folders(found, root)
+    notes += [f"skipped: {folder}: a prepared-data folder (its manifest and tokenizer are not text)" for folder in prepared]
+    found = [p for p in found if not any(p.is_relative_to(folder) for folder in prepared)]
     taken = [p for p in found if p.suffix.lower() in INPUT_SUFFIXES]
     skipped = [p for p in found if p.suffix.lower() not in INPUT_SUFFIXES]
     for p in skipped:
@@ -131,6 +137,12 @@ def _expand(spec: str, exclude: Path | None, notes: list[str]) -> list[Path]:
         what = f" (skipped: {', '.join(p.name for p in skipped[:3])}{' ...' if len(skipped) > 3 else ''})" if skipped else ""
         raise TinyGPTError(f"no .txt, .jsonl or .json files in {spec}{what}")
     return taken
+
+
+def _prepared_folders(files: list[Path], root: Path) -> list[Path]:
+    """The prepared-data folders (a previous `prepare`'s output) below `root` that hold any of `files`."""
+    folders = {parent for path in files for parent in path.relative_to(root).parents}
+    return sorted(root / folder for folder in folders if folder != Path(".") and is_prepared(root / folder))
 
 
 def _identity(path: Path) -> tuple[int, int]:
