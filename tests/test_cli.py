@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.cli import COMMANDS, build_parser
+from tinygpt.cli import COMMANDS, build_parser, main
 from tinygpt.config import load_config, preset_names
 
 
@@ -63,6 +63,16 @@ def test_bad_overrides_are_one_line_errors(args, message, tinygpt):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr
+
+
+def test_overrides_before_a_positional_argument_keep_their_value(tmp_path, capsys):
+    """`--data.val_fraction 0 a.txt` gave its 0 to the inputs and then said the override needs a value."""
+    text = tmp_path / "a.txt"
+    text.write_text("Once upon a time.\n<|endoftext|>\nThe end.\n")
+    argv = ["prepare", "--data.val_fraction", "0", str(text), "--tokenizer.kind=char", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--workers", "1"]) == 0
+    assert "  train: 2 documents," in capsys.readouterr().out
+    assert main(["presets", "--model.n_layer", "3", "tiny"]) == 0 and "n_layer = 3" in capsys.readouterr().out
 
 
 def test_unknown_preset_and_bad_toml(tmp_path, tinygpt):

@@ -93,6 +93,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _pull_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """argv without its `--section.key VALUE` and `--section.key=VALUE` overrides, and those. Left in,
+    an override before a positional argument lost its value to it (`prepare --data.val_fraction 0
+    a.txt` read 0 as an input file and said the override needs a value)."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "." in arg.split("=")[0] and arg[2:3] not in "-.":
+            taken = 1 if "=" in arg else 2
+            overrides += argv[i : i + taken]
+            i += taken
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every way it can fail is one line on stderr and an exit code: 2 for bad
     input (TinyGPTError), 1 for the file system or memory, 130 for Ctrl-C, 143 for SIGTERM, at any
@@ -103,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     with _sigterm_raises():
         try:
             parser = build_parser(command)
+            argv, overrides = _pull_overrides(argv)
             args, extra = parser.parse_known_args(argv)
+            extra += overrides
             if extra and not hasattr(args, "config"):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.overrides = parse_overrides(extra)
