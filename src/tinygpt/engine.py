@@ -158,13 +158,13 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: 
     ps = [params[i] for i in drawn]
     temperatures = {p.temperature for p in ps}
     temperature = temperatures.pop() if len(temperatures) == 1 else torch.tensor([[p.temperature] for p in ps], device=logits.device)
-    z = (rows - rows.amax(dim=-1, keepdim=True)) / temperature  # <= 0, the likeliest at 0: never overflows
+    z = rows.sub(rows.amax(dim=-1, keepdim=True)).div_(temperature)  # <= 0, the likeliest at 0: never overflows
     ks = [p.top_k if p.top_k is not None and p.top_k < V else V for p in ps]
     if min(ks) < V:
         kth = torch.topk(z, max(ks), dim=-1).values.gather(1, torch.tensor([[k - 1] for k in ks], device=z.device))
         kth[torch.tensor(ks, device=z.device) == V] = -math.inf  # rows without top_k keep everything
         z = z.masked_fill(z < kth, -math.inf)
-    weights = z.exp()  # unnormalised probabilities: the likeliest is 1
+    weights = z.exp_()  # unnormalised probabilities: the likeliest is 1 (in place, as the division: z is ours)
     u = torch.cat([1 - torch.rand(1, generator=generators[i], device=logits.device) for i in drawn])  # (B',) in (0, 1]
     nucleus = [j for j, p in enumerate(ps) if p.top_p is not None and p.top_p < 1]
     if not nucleus:
