@@ -423,7 +423,8 @@ class PackedLlamaBlock(nn.Module):
 def decoding_model(model: GPT, dtype: str) -> GPT:
     """The model as decoding runs it: itself for "float32" (or when it is already packed); for
     "float16", a copy sharing its parameters whose Llama blocks are PackedLlamaBlock and other
-    linear layers PackedLinear (decode_dtype says which), for inference only (no dropout). Packing the 15M model takes about a second: build it once, then start engines on it."""
+    linear layers PackedLinear (decode_dtype says which), for inference only (no dropout).
+    Packing the 15M model takes about a second: build it once, then start engines on it."""
     if dtype == "float32" or isinstance(model.lm_head, PackedLinear):
         return model
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
