@@ -9,6 +9,7 @@ Models are tiny and random; their matrices are drawn wide (std 0.5) so that gree
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import threading
@@ -25,11 +26,13 @@ from tinygpt.engine import (
     Engine,
     KVCache,
     PackedLinear,
+    PackedLlamaBlock,
     SamplingError,
     SamplingParams,
     Sequence,
     Worker,
     decode_dtype,
+    decoding_model,
     sample_rows,
 )
 from tinygpt.generate import generate_batch, generate_ids
@@ -440,7 +443,7 @@ def test_float16_weights_decode_close_to_float32_and_leave_the_model_alone():
     prompt = tokens(1, 10)[0].tolist()
     params = SamplingParams(max_new_tokens=6, temperature=0, logprobs=5)
     exact, packed = Engine(model, dtype="float32"), Engine(model, dtype="float16")
-    assert all(isinstance(m, PackedLinear) for m in (packed.model.lm_head, packed.model.model.layers[0].mlp.up_proj))
+    assert isinstance(packed.model.lm_head, PackedLinear) and isinstance(packed.model.model.layers[0], PackedLlamaBlock)
     assert isinstance(model.lm_head, torch.nn.Linear) and exact.model is model  # the model itself is untouched
     assert packed.model.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
     ours, theirs = Sequence(prompt, params), Sequence(prompt, params)
@@ -452,3 +455,26 @@ def test_float16_weights_decode_close_to_float32_and_leave_the_model_alone():
         assert abs(a.logprob - b.logprob) < 1e-2
     with pytest.raises(TinyGPTError, match="--dtype"):
         decode_dtype(model, "bfloat16")
+
+
+@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="FBGEMM (x86) only")
+@pytest.mark.parametrize("options", [{}, {"qk_norm": True, "activation": "relu2", "n_kv_head": 2}])
+def test_packed_llama_block_gives_the_block_with_packed_linear_layers_bit_for_bit(options):
+    model = make(dataclasses.replace(FAMILIES["llama"], **options), wide=True)
+    fused = decoding_model(model, "float16")
+    plain = copy.deepcopy(model)  # every linear layer packed, the blocks as they are
+    for module in list(plain.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, PackedLinear(child.weight, child.bias))
+    assert all(isinstance(block, PackedLlamaBlock) for block in fused.model.layers)
+    idx = tokens(2, 7)
+    with torch.inference_mode():
+        assert torch.equal(fused.hidden_states(idx), plain.hidden_states(idx))  # no cache (evaluation)
+        last = []
+        for m in (fused, plain):  # a prefill of 6 through a KV cache, then one decoding step
+            cache = KVCache(m, 2)
+            m.hidden_states(idx[:, :6], cache.batch(0, 2, 6))
+            cache.lengths[:] = [6, 6]
+            last.append(m.hidden_states(idx[:, 6:], cache.batch(0, 2, 1)))
+        assert torch.equal(*last)
