@@ -49,7 +49,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from baseline import SEED_RECIPE, TRAIN, VALID, emit
 from tinygpt.config import ModelConfig, load_config
-from tinygpt.model import rope_cache
 from tinygpt.optim import make_optimizer
 from tinygpt.shards import is_prepared
 from tinygpt.train import Trainer
@@ -146,9 +145,11 @@ class NanoGPTLlama(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
-        cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-        self.register_buffer("cos", cos, persistent=False)  # (block_size, hs)
-        self.register_buffer("sin", sin, persistent=False)
+        # Hugging Face's rotary tables, written out here: both channels of a pair share an angle
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+        angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq).repeat(1, 2)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # (block_size, hs)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = idx.size(1)
