@@ -283,7 +283,7 @@ _worker_encoder: ChunkEncoder | None = None
 
 def _start_worker(tokenizer_dir: str, dtype: str) -> None:
     global _worker_encoder
-    # (SIGINT and SIGTERM are ignored from the start: see _children_ignore_signals.) One thread per process: the processes are the parallelism, more threads would only compete.
+    # (SIGINT and SIGTERM are blocked from the start: see _children_block_signals.) One thread per process: the processes are the parallelism, more threads would only compete.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     _worker_encoder = ChunkEncoder(load_tokenizer(tokenizer_dir), dtype)
@@ -309,7 +309,7 @@ def encode_chunks(chunks: Iterable[Chunk], tokenizer_dir: Path, dtype: str, work
         try:
             for chunk in chunks:
                 interrupted.check()
-                with _children_ignore_signals():  # submit starts the worker processes, as they are needed
+                with _children_block_signals():  # submit starts the worker processes, as they are needed
                     pending.append(pool.submit(_encode_in_worker, chunk))
                 if len(pending) >= 2 * workers:
                     encoded = pending.popleft().result()
@@ -364,7 +364,7 @@ def _interrupts_at_safe_points() -> Iterator[_Interrupts]:
 
 
 @contextlib.contextmanager
-def _children_ignore_signals() -> Iterator[None]:
+def _children_block_signals() -> Iterator[None]:
     """Processes started inside never take SIGINT or SIGTERM: they start with both blocked (a
     signal mask is inherited through fork and exec, and Python leaves it so). A Ctrl-C or a SIGTERM
     sent to the whole process group then stops only this process, which stops the pool cleanly,
