@@ -4,7 +4,8 @@ Paths, each generating after one end-of-text token (a new story) at temperature 
 random weights (speed does not depend on training), in the same process on the same cores:
 
   engine float32   tinygpt.engine.Engine, the exact path (`--dtype float32`)
-  engine float16   the same with FBGEMM float16 weights (`--dtype float16`, the CPU default)
+  engine float16   the same with FBGEMM float16 weights (`--dtype float16`)
+  engine int8      the same with weight-only int8 weights (`--dtype int8`, the default on AVX-512 CPUs)
   recompute        nanoGPT's generate: the whole cropped context again at every step
   llama2.c         --llama2c RUN: Karpathy's hand-written run.c (build it with gcc -Ofast),
                    on a random checkpoint of the same shape in its format; it stops at its
@@ -14,14 +15,14 @@ random weights (speed does not depend on training), in the same process on the s
 jobs on a shared machine inflate much less than the wall clock; every line records the
 1-minute load average. Paths are interleaved over --repeat rounds.
 
-    python bench/generate.py                              # 15M shape, 1,000 tokens, float32 and float16
+    python bench/generate.py                              # 15M shape, 1,000 tokens, float32, float16 and int8
     python bench/generate.py --llama2c /tmp/llama2.c/run  # and run.c, same shape
     python bench/generate.py --profile float16            # torch.profiler table of one path instead
-    python bench/generate.py --bpb RUN DATA               # float16's loss: bits per byte, both dtypes
+    python bench/generate.py --bpb RUN DATA               # the lossy dtypes' bits per byte, against float32's
 
 --bpb checks the lossy path as the issue asks: the last checkpoint of RUN (the cpu-10min run
 of bench/speedrun.py --workdir W: W/run-cpu-10min, W/data-cpu-10min) scored on every token
-of DATA's validation shards with the weights decoding uses, float32 and float16.
+of DATA's validation shards with the weights decoding uses, float32, float16 and int8.
 
 Prints one JSON line per measurement.
 """
@@ -182,7 +183,7 @@ def bits_per_byte(run: str, data: str) -> None:
 
     model, tokenizer = load_model(Run(run).latest())
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
-    for dtype in ("float32", "float16"):
+    for dtype in ("float32", "float16", "int8"):
         result = evaluate(decoding_model(model.eval(), dtype), ShardSet(data, "val"), token_bytes, model.cfg.block_size, 64)
         print(json.dumps({"bpb_check": dtype, **result, "load_1m": round(os.getloadavg()[0], 2)}), flush=True)
 
@@ -191,12 +192,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1000, help="new tokens per measurement (default: 1000)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: 1)")
-    parser.add_argument("--dtypes", default="float32,float16", help="engine paths to measure (default: float32,float16)")
+    parser.add_argument("--dtypes", default="float32,float16,int8", help="engine paths to measure (default: float32,float16,int8)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (default: 2)")
     parser.add_argument("--recompute", action="store_true", help="also measure nanoGPT's recompute path (slow)")
     parser.add_argument("--llama2c", metavar="RUN", help="also measure llama2.c's run.c binary at this path (15M shape)")
     parser.add_argument("--profile", metavar="DTYPE", help="print a torch.profiler table of the 15M engine path instead")
-    parser.add_argument("--bpb", nargs=2, metavar=("RUN", "DATA"), help="bits per byte of RUN on DATA's validation shards, float32 and float16")
+    parser.add_argument("--bpb", nargs=2, metavar=("RUN", "DATA"), help="bits per byte of RUN on DATA's validation shards, float32, float16 and int8")
     args = parser.parse_args()
     if args.bpb:
         bits_per_byte(*args.bpb)

@@ -24,6 +24,8 @@ from tinygpt.engine import (
     GREEDY_BELOW,
     CacheBatch,
     Engine,
+    Float16Weight,
+    Int8Weight,
     KVCache,
     PackedLinear,
     PackedLlamaBlock,
@@ -33,6 +35,7 @@ from tinygpt.engine import (
     Worker,
     decode_dtype,
     decoding_model,
+    pack_weight,
     sample_rows,
 )
 from tinygpt.generate import generate_batch, generate_ids
@@ -435,15 +438,22 @@ def test_the_worker_runs_sequences_and_jobs_between_steps():
 # ---------------------------------------------------------------- float16 weights
 
 
-@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="FBGEMM (x86) only")
-def test_float16_weights_decode_close_to_float32_and_leave_the_model_alone():
+X86 = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="FBGEMM (x86) only")
+
+
+@X86
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_packed_weights_decode_close_to_float32_and_leave_the_model_alone(dtype):
     model = make(FAMILIES["llama-gqa-wide-heads"])
-    assert decode_dtype(model, "auto") == "float32"  # its weights stay in the caches: float16 would not pay
-    assert decode_dtype(make(dataclasses.replace(FAMILIES["llama"], vocab_size=32_000, n_embd=128)), "auto") == "float16"
+    assert decode_dtype(model, "auto") == "float32"  # its weights stay in the caches: packing would not pay
+    large = decode_dtype(make(dataclasses.replace(FAMILIES["llama"], vocab_size=32_000, n_embd=128)), "auto")
+    assert large == ("int8" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "float16")
     prompt = tokens(1, 10)[0].tolist()
     params = SamplingParams(max_new_tokens=6, temperature=0, logprobs=5)
-    exact, packed = Engine(model, dtype="float32"), Engine(model, dtype="float16")
+    exact, packed = Engine(model, dtype="float32"), Engine(model, dtype=dtype)
     assert isinstance(packed.model.lm_head, PackedLinear) and isinstance(packed.model.model.layers[0], PackedLlamaBlock)
+    kind = Int8Weight if dtype == "int8" else Float16Weight
+    assert isinstance(packed.model.lm_head.product, kind) and isinstance(packed.model.model.layers[1].down, kind)
     assert isinstance(model.lm_head, torch.nn.Linear) and exact.model is model  # the model itself is untouched
     assert packed.model.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
     ours, theirs = Sequence(prompt, params), Sequence(prompt, params)
@@ -452,21 +462,54 @@ def test_float16_weights_decode_close_to_float32_and_leave_the_model_alone():
         while engine.busy:
             engine.step()
     for a, b in zip(ours.tokens, theirs.tokens, strict=True):
-        assert abs(a.logprob - b.logprob) < 1e-2
+        assert abs(a.logprob - b.logprob) < (1e-2 if dtype == "float16" else 3e-2)
     with pytest.raises(TinyGPTError, match="--dtype"):
         decode_dtype(model, "bfloat16")
 
 
-@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="FBGEMM (x86) only")
+@X86
+@pytest.mark.parametrize("shape", [(64, 33), (288, 1), (48, 17), (96, 100)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_weights_are_the_rounded_weights_times_their_row_scales(shape, bias):
+    """Each row is an int8 grid scaled by its largest magnitude / 127, and the product is the
+    product with those rounded weights up to bfloat16's rounding of the activations and result."""
+    n_in, n_out = shape
+    g = torch.Generator().manual_seed(n_in + n_out)
+    weight, x = torch.randn(n_out, n_in, generator=g), torch.randn(5, 3, n_in, generator=g)
+    b = torch.randn(n_out, generator=g) if bias else None
+    packed = Int8Weight(weight, b)
+    scales = packed.scales.float().unsqueeze(1)
+    assert packed.weight.dtype == torch.int8 and int(packed.weight.abs().max()) == 127  # each row's largest is +-127
+    assert (packed.weight.float() * scales - weight).abs().le(scales / 2 + 1e-6).all()  # rounded to the nearest step
+    rounded = packed.weight.float() * scales
+    expected = x.to(torch.bfloat16).float() @ rounded.t() + (0 if b is None else b)
+    y = packed(x)
+    assert y.shape == (5, 3, n_out) and y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=2 ** -7)
+
+
+@X86
+def test_int8_falls_back_to_float16_for_widths_its_kernel_cannot_take():
+    weight = torch.randn(8, 65)  # torch._weight_int8pack_mm gives garbage for 65 inputs: it must never see it
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Int8Weight(weight)
+    assert isinstance(pack_weight(weight, None, "int8"), Float16Weight)
+    assert isinstance(pack_weight(torch.randn(8, 64), None, "int8"), Int8Weight)
+    x = torch.randn(2, 65)
+    torch.testing.assert_close(pack_weight(weight, None, "int8")(x), x @ weight.t(), atol=1e-2, rtol=1e-2)
+
+
+@X86
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("options", [{}, {"qk_norm": True, "activation": "relu2", "n_kv_head": 2}])
-def test_packed_llama_block_gives_the_block_with_packed_linear_layers_bit_for_bit(options):
+def test_packed_llama_block_gives_the_block_with_packed_linear_layers_bit_for_bit(options, dtype):
     model = make(dataclasses.replace(FAMILIES["llama"], **options), wide=True)
-    fused = decoding_model(model, "float16")
+    fused = decoding_model(model, dtype)
     plain = copy.deepcopy(model)  # every linear layer packed, the blocks as they are
     for module in list(plain.modules()):
         for name, child in module.named_children():
             if isinstance(child, torch.nn.Linear):
-                setattr(module, name, PackedLinear(child.weight, child.bias))
+                setattr(module, name, PackedLinear(child.weight, child.bias, dtype))
     assert all(isinstance(block, PackedLlamaBlock) for block in fused.model.layers)
     idx = tokens(2, 7)
     with torch.inference_mode():

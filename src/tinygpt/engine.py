@@ -342,106 +342,162 @@ class Sequence:
 # ---------------------------------------------------------------- the engine
 
 
-DTYPES = ("auto", "float32", "float16")
+DTYPES = ("auto", "float32", "float16", "int8")
 
 
-PACK_FROM_PARAMS = 4_000_000  # "auto" packs float16 weights from this size: 16 MB in float32, past a CPU's caches
+PACK_FROM_PARAMS = 4_000_000  # "auto" packs weights from this size: 16 MB in float32, past a CPU's caches
+INT8_IN_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 kernel reads the inputs 16 at a time: other widths give garbage
 
 
 def decode_dtype(model: GPT, dtype: str = "auto") -> str:
-    """The weights decoding uses: "float32" (the model's own, exact) or "float16" (see PackedLinear).
+    """The weights decoding uses: "float32" (the model's own, exact), "float16" (Float16Weight)
+    or "int8" (Int8Weight, float16 for the layers it cannot take).
 
-    "auto" is float16 for a float32 model of at least PACK_FROM_PARAMS parameters on a CPU that
-    has FBGEMM (x86), else float32: float16 pays where reading the weights is what a step waits
-    for (the 15M shape: 1.4 to 1.6x), not for a model whose weights stay in the caches (the seed
-    model, 0.8M parameters: 0.9x; BENCHMARKS.md).
+    "auto", for a float32 model of at least PACK_FROM_PARAMS parameters on a CPU that has FBGEMM
+    (x86): int8 where torch's CPU kernels use AVX-512 (the 15M shape: 1.14x float16's tokens per
+    CPU-second, BENCHMARKS.md; its AVX2 kernel is unmeasured), else float16 (1.4 to 1.6x float32).
+    Otherwise float32: packing pays where reading the weights is what a step waits for, not for
+    a model whose weights stay in the caches (the seed model, 0.8M parameters: 0.9x).
+    Raises TinyGPTError for an unknown dtype, or float16 / int8 off an x86 CPU.
     """
     if dtype not in DTYPES:
         raise TinyGPTError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     param = next(model.parameters())
-    fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
-    if dtype == "float16" and not (fbgemm and param.device.type == "cpu"):
-        raise TinyGPTError("--dtype float16 needs a CPU with FBGEMM (x86); use --dtype float32")
+    x86_cpu = "fbgemm" in torch.backends.quantized.supported_engines and param.device.type == "cpu"
+    if dtype in ("float16", "int8") and not x86_cpu:
+        raise TinyGPTError(f"--dtype {dtype} needs an x86 CPU (FBGEMM); use --dtype float32")
     if dtype == "auto":
-        large = model.num_params() >= PACK_FROM_PARAMS
-        return "float16" if fbgemm and large and param.device.type == "cpu" and param.dtype == torch.float32 else "float32"
+        if not (x86_cpu and param.dtype == torch.float32 and model.num_params() >= PACK_FROM_PARAMS):
+            return "float32"
+        return "int8" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "float16"
     return dtype
 
 
-class PackedLinear(nn.Module):
-    """nn.Linear for decoding on a CPU: its weight rounded to float16 and packed by FBGEMM, the
-    products computed in float32. Decoding a batch of a few rows reads every weight once per
+class Float16Weight:
+    """A linear layer's weight (out, in) and bias (out,) or None rounded to float16 and packed by
+    FBGEMM; products in float32. Decoding a batch of a few rows reads every weight once per
     token and is bound by memory, not arithmetic: half the bytes, and FBGEMM's packed layout,
     made the 15M model's 31 products about 4x cheaper than float32 (BENCHMARKS.md). Lossy:
     each weight keeps 11 significant bits.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        """weight (out, in) and bias (out,) or None, as nn.Linear's."""
+        bias = None if bias is None else bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) float32 -> x W^T + b (..., out) float32."""
+        return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+
+
+class Int8Weight:
+    """Weight-only int8: each output row of a weight (out, in) stored as int8 times one scale,
+    its largest magnitude / 127 (symmetric, per channel), and multiplied by PyTorch's CPU kernel
+    for it, torch._weight_int8pack_mm (what gpt-fast's int8 mode and torchao's CPU int8
+    weight-only path run). The kernel takes bfloat16 activations and scales and accumulates in
+    float32; the result comes back as float32. A quarter of float32's bytes: the 15M shape
+    decodes 1.14x faster than with Float16Weight, and the cpu-10min model's bits per byte on
+    valid.txt moved by 0.0001 (BENCHMARKS.md).
+
+    Raises ValueError when the kernel cannot take the weight: `in` not a multiple of
+    INT8_IN_MULTIPLE, or a probe product off float32's by more than the rounding explains
+    (pack_weight then keeps float16 for that layer).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.detach().float()
+        if w.size(1) % INT8_IN_MULTIPLE:
+            raise ValueError(f"int8 products need in_features divisible by {INT8_IN_MULTIPLE}, got {w.size(1)}")
+        self.scales = (w.abs().amax(dim=1).clamp(min=1e-30) / 127).to(torch.bfloat16)  # (out,)
+        self.weight = torch.round(w / self.scales.float().unsqueeze(1)).clamp_(-127, 127).to(torch.int8).contiguous()
+        self.bias = None if bias is None else bias.detach().float()
+        probe = torch.randn(4, w.size(1), generator=torch.Generator().manual_seed(0))
+        # each term's error: bfloat16's rounding of x (2^-8 relative), half a step of the int8 grid, and
+        # the result's bfloat16 rounding; twice that bound still tells a rounded product from garbage
+        bound = (probe.abs() @ w.abs().t() + (probe @ w.t()).abs()) / 256 + probe.abs().sum(1, keepdim=True) * self.scales.float() / 2
+        if not bool(((self(probe) - self._reference(probe, w)).abs() <= 2 * bound + 1e-6).all()):
+            raise ValueError("the int8 kernel's product disagrees with float32's on this weight")
+
+    def _reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x @ w.t() if self.bias is None else x @ w.t() + self.bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) float32 -> x W^T + b (..., out) float32."""
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)).to(torch.bfloat16), self.weight, self.scales)
+        y = y.float().view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, dtype: str) -> Float16Weight | Int8Weight:
+    """A linear layer's weight (out, in) and bias for decoding in `dtype` ("float16" or "int8"):
+    int8 falls back to float16 for a weight its kernel cannot take (Int8Weight)."""
+    if dtype == "int8":
+        try:
+            return Int8Weight(weight, bias)
+        except ValueError:
+            pass
+    return Float16Weight(weight, bias)
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear for decoding on a CPU with packed weights (pack_weight)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str):
+        """weight (out, in) and bias (out,) or None, as nn.Linear's; dtype "float16" or "int8"."""
         super().__init__()
-        self.packed = pack_float16(weight, bias)
+        self.product = pack_weight(weight, bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_product(x, self.packed)
-
-
-def pack_float16(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.ScriptObject:
-    """FBGEMM's packed float16 copy of a weight (out, in) and its bias (out,) or None, for packed_product."""
-    return torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), None if bias is None else bias.detach().float())
-
-
-def packed_product(x: torch.Tensor, packed: torch.ScriptObject) -> torch.Tensor:
-    """x (..., in) times a weight packed by pack_float16, plus its bias -> (..., out), in float32."""
-    return torch.ops.quantized.linear_dynamic_fp16(x, packed)
+        return self.product(x)
 
 
 class PackedLlamaBlock(nn.Module):
-    """A Llama block as float16 decoding runs it: LlamaBlock's computation in eval mode with its
-    products on float16 weights, bit for bit what the block gives with PackedLinear layers, in
-    one forward. A decoding step is a few hundred small operations, and at batch 1 calling
-    the block's nine submodules (norms, projections, dropout, activation) cost about a tenth
-    of it; here the products are direct calls, gate_proj and up_proj one product of twice
+    """A Llama block as packed decoding runs it: LlamaBlock's computation in eval mode with its
+    products on packed weights (pack_weight), bit for bit what the block gives with PackedLinear
+    layers, in one forward. A decoding step is a few hundred small operations, and at batch 1
+    calling the block's nine submodules (norms, projections, dropout, activation) cost about a
+    tenth of it; here the products are direct calls, gate_proj and up_proj one product of twice
     the width, and the norms and attention run through their own methods. Eval only.
     """
 
-    def __init__(self, block: LlamaBlock):
+    def __init__(self, block: LlamaBlock, dtype: str):
         super().__init__()
         attn, mlp = block.self_attn, block.mlp
         self.norm_1, self.attn, self.norm_2, self.act = block.input_layernorm, attn, block.post_attention_layernorm, mlp.act
-        self.qkv, self.o = pack_float16(attn.qkv_proj.weight), pack_float16(attn.o_proj.weight)
-        self.gate_up = pack_float16(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)))  # (2 * hidden, C)
-        self.down = pack_float16(mlp.down_proj.weight)
+        self.qkv, self.o = pack_weight(attn.qkv_proj.weight, None, dtype), pack_weight(attn.o_proj.weight, None, dtype)
+        self.gate_up = pack_weight(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)), None, dtype)  # (2 * hidden, C)
+        self.down = pack_weight(mlp.down_proj.weight, None, dtype)
 
     def forward(self, x: torch.Tensor, rope, cache: CacheBatch | None = None) -> torch.Tensor:
         """The residual stream (B, T, C) -> its next state, as LlamaBlock.forward."""
-        q, k, v = self.attn.turned_heads(packed_product(self.norm_1.forward(x), self.qkv), rope)
-        x = x + packed_product(self.attn.attend(q, k, v, cache), self.o)
-        gate, up = packed_product(self.norm_2.forward(x), self.gate_up).chunk(2, dim=-1)
-        return x + packed_product(self.act.forward(gate) * up, self.down)
+        q, k, v = self.attn.turned_heads(self.qkv(self.norm_1.forward(x)), rope)
+        x = x + self.o(self.attn.attend(q, k, v, cache))
+        gate, up = self.gate_up(self.norm_2.forward(x)).chunk(2, dim=-1)
+        return x + self.down(self.act.forward(gate) * up)
 
 
 def decoding_model(model: GPT, dtype: str) -> GPT:
     """The model as decoding runs it: itself for "float32" (or when it is already packed); for
-    "float16", a copy sharing its parameters whose Llama blocks are PackedLlamaBlock and other
-    linear layers PackedLinear (decode_dtype says which), for inference only (no dropout).
-    Packing the 15M model takes about a second: build it once, then start engines on it."""
+    "float16" or "int8", a copy sharing its parameters whose Llama blocks are PackedLlamaBlock
+    and other linear layers PackedLinear (decode_dtype says which), for inference only (no
+    dropout). Packing the 15M model takes about a second: build it once, then start engines on it."""
     if dtype == "float32" or isinstance(model.lm_head, PackedLinear):
         return model
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     packed = copy.deepcopy(model, shared)
-    _pack(packed)
+    _pack(packed, dtype)
     return packed
 
 
-def _pack(module: nn.Module) -> None:
+def _pack(module: nn.Module, dtype: str) -> None:
     """Replace module's Llama blocks by PackedLlamaBlock and its other linear layers by PackedLinear, all the way down."""
     for name, child in module.named_children():
         if isinstance(child, LlamaBlock):
-            setattr(module, name, PackedLlamaBlock(child))
+            setattr(module, name, PackedLlamaBlock(child, dtype))
         elif isinstance(child, nn.Linear):
-            setattr(module, name, PackedLinear(child.weight, child.bias))
+            setattr(module, name, PackedLinear(child.weight, child.bias, dtype))
         else:
-            _pack(child)
+            _pack(child, dtype)
 
 
 class TransposedHead:
@@ -478,7 +534,7 @@ class Engine:
     context, and a prompt longer than the context is cut to its last block_size tokens.
 
     dtype: the weights it decodes with (decode_dtype): "float32", the exact path and the
-    default here (the model's weights as they are, packed ones included), "float16" or "auto".
+    default here (the model's weights as they are, packed ones included), "float16", "int8" or "auto".
     """
 
     def __init__(

@@ -233,7 +233,7 @@ class Sampler:
         self.model = model.to(device)  # its mode stays its own: each engine step runs it in eval mode
         self.tokenizer = tokenizer
         self.device = device
-        self.dtype = decode_dtype(self.model, dtype)  # float16 weights on x86 CPUs; float32 is exact
+        self.dtype = decode_dtype(self.model, dtype)  # packed weights on x86 CPUs; float32 is exact
         self.decoder = decoding_model(self.model, self.dtype)  # packed once, shared by every engine
 
     @classmethod
@@ -373,8 +373,9 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=DTYPES,
         help="weights for decoding: float32 is exact; float16 (FBGEMM, x86 CPUs) reads half the bytes, 1.4 to 1.6x "
-        "faster for a 15M model on a CPU, within 1e-7 bits per byte (BENCHMARKS.md); auto: float16 for models of "
-        "4M parameters or more where FBGEMM is available, else float32",
+        "faster for a 15M model on a CPU; int8 (weight-only, x86 CPUs) a quarter, 1.14x float16 on an AVX-512 CPU; "
+        "both within 0.0001 bits per byte of float32 (BENCHMARKS.md); auto: for models of 4M parameters or more on "
+        "an x86 CPU, int8 where it has AVX-512, else float16; float32 otherwise",
     )
 
 
