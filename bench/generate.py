@@ -22,7 +22,8 @@ jobs on a shared machine inflate much less than the wall clock; every line recor
 
 --bpb checks the lossy path as the issue asks: the last checkpoint of RUN (the cpu-10min run
 of bench/speedrun.py --workdir W: W/run-cpu-10min, W/data-cpu-10min) scored on every token
-of DATA's validation shards with the weights decoding uses, float32, float16 and int8.
+of DATA's validation shards with the weights decoding uses, float32, float16 and int8 (int8's
+kernel on every row, as decoding one sequence runs it; batches of rows run its float16 copy).
 
 Prints one JSON line per measurement.
 """
@@ -36,6 +37,7 @@ import resource
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 
 from tinygpt.config import ModelConfig
-from tinygpt.engine import Engine, SamplingParams, Sequence, sample_rows
+from tinygpt.engine import Engine, Int8Weight, SamplingParams, Sequence, sample_rows
 from tinygpt.generate import run as run_engine
 from tinygpt.model import GPT
 
@@ -183,6 +185,7 @@ def bits_per_byte(run: str, data: str) -> None:
 
     model, tokenizer = load_model(Run(run).latest())
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
+    Int8Weight.max_rows = sys.maxsize  # int8's numbers on every row, as decoding one sequence computes them
     for dtype in ("float32", "float16", "int8"):
         result = evaluate(decoding_model(model.eval(), dtype), ShardSet(data, "val"), token_bytes, model.cfg.block_size, 64)
         print(json.dumps({"bpb_check": dtype, **result, "load_1m": round(os.getloadavg()[0], 2)}), flush=True)

@@ -475,7 +475,7 @@ def test_int8_weights_are_the_rounded_weights_times_their_row_scales(shape, bias
     product with those rounded weights up to bfloat16's rounding of the activations and result."""
     n_in, n_out = shape
     g = torch.Generator().manual_seed(n_in + n_out)
-    weight, x = torch.randn(n_out, n_in, generator=g), torch.randn(5, 3, n_in, generator=g)
+    weight, x = torch.randn(n_out, n_in, generator=g), torch.randn(1, 1, n_in, generator=g)
     b = torch.randn(n_out, generator=g) if bias else None
     packed = Int8Weight(weight, b)
     scales = packed.scales.float().unsqueeze(1)
@@ -484,8 +484,11 @@ def test_int8_weights_are_the_rounded_weights_times_their_row_scales(shape, bias
     rounded = packed.weight.float() * scales
     expected = x.to(torch.bfloat16).float() @ rounded.t() + (0 if b is None else b)
     y = packed(x)
-    assert y.shape == (5, 3, n_out) and y.dtype == torch.float32
-    torch.testing.assert_close(y, expected, atol=0.05, rtol=2 ** -7)
+    assert y.shape == (1, 1, n_out) and y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=2**-7)
+    rows = torch.randn(5, 3, n_in, generator=g)  # more than one row: the float16 copy's numbers exactly
+    assert torch.equal(packed(rows), Float16Weight(weight, b)(rows))
+    assert not torch.equal(packed(rows[:1, :1]), Float16Weight(weight, b)(rows[:1, :1]))
 
 
 @X86

@@ -391,18 +391,25 @@ class Float16Weight:
 
 
 class Int8Weight:
-    """Weight-only int8: each output row of a weight (out, in) stored as int8 times one scale,
-    its largest magnitude / 127 (symmetric, per channel), and multiplied by PyTorch's CPU kernel
-    for it, torch._weight_int8pack_mm (what gpt-fast's int8 mode and torchao's CPU int8
-    weight-only path run). The kernel takes bfloat16 activations and scales and accumulates in
-    float32; the result comes back as float32. A quarter of float32's bytes: the 15M shape
-    decodes 1.14x faster than with Float16Weight, and the cpu-10min model's bits per byte on
-    valid.txt moved by 0.0001 (BENCHMARKS.md).
+    """Weight-only int8 for one row at a time: each output row of a weight (out, in) stored as
+    int8 times one scale, its largest magnitude / 127 (symmetric, per channel), and multiplied
+    by PyTorch's CPU kernel for it, torch._weight_int8pack_mm (what gpt-fast's int8 mode and
+    torchao's CPU int8 weight-only path run). The kernel takes bfloat16 activations and scales
+    and accumulates in float32; the result comes back as float32. A quarter of float32's bytes:
+    decoding one sequence of the 15M shape runs 1.14x faster than with Float16Weight, and the
+    cpu-10min model's bits per byte on valid.txt moved by 0.0001 (BENCHMARKS.md).
+
+    The kernel pays only for a single row: from 2 rows on (batched decoding, prefill) it was
+    slower than FBGEMM's float16 (the 15M head at 16 rows: 6.1 against 3.5 ms), so those
+    products run on a float16 copy kept beside it (Float16Weight's numbers exactly), and a
+    sequence decoded in a batch gets float16's numbers, alone int8's.
 
     Raises ValueError when the kernel cannot take the weight: `in` not a multiple of
     INT8_IN_MULTIPLE, or a probe product off float32's by more than the rounding explains
     (pack_weight then keeps float16 for that layer).
     """
+
+    max_rows = 1  # products of more rows run in float16; bench/generate.py --bpb raises it to score int8's numbers
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         w = weight.detach().float()
@@ -411,7 +418,8 @@ class Int8Weight:
         self.scales = (w.abs().amax(dim=1).clamp(min=1e-30) / 127).to(torch.bfloat16)  # (out,)
         self.weight = torch.round(w / self.scales.float().unsqueeze(1)).clamp_(-127, 127).to(torch.int8).contiguous()
         self.bias = None if bias is None else bias.detach().float()
-        probe = torch.randn(4, w.size(1), generator=torch.Generator().manual_seed(0))
+        self.float16 = Float16Weight(weight, bias)
+        probe = torch.randn(1, w.size(1), generator=torch.Generator().manual_seed(0))
         # each term's error: bfloat16's rounding of x (2^-8 relative), half a step of the int8 grid, and
         # the result's bfloat16 rounding; twice that bound still tells a rounded product from garbage
         bound = (probe.abs() @ w.abs().t() + (probe @ w.t()).abs()) / 256 + probe.abs().sum(1, keepdim=True) * self.scales.float() / 2
@@ -422,7 +430,9 @@ class Int8Weight:
         return x @ w.t() if self.bias is None else x @ w.t() + self.bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) float32 -> x W^T + b (..., out) float32."""
+        """x (..., in) float32 -> x W^T + b (..., out) float32: int8 for one row, float16 for more."""
+        if x.numel() > self.max_rows * x.size(-1):
+            return self.float16(x)
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)).to(torch.bfloat16), self.weight, self.scales)
         y = y.float().view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
