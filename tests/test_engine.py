@@ -503,6 +503,21 @@ def test_int8_falls_back_to_float16_for_widths_its_kernel_cannot_take():
 
 
 @X86
+def test_packing_leaves_large_weights_alone_and_int8_takes_them():
+    """FBGEMM's float16 prepack saturates the float32 weight it gets in place: packing must work on a copy,
+    and int8, whose scales take any magnitude, must not be refused for the float16 copy's saturation."""
+    weight = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)) * 1e6
+    kept = weight.clone()
+    Float16Weight(weight)
+    assert torch.equal(weight, kept)
+    packed = pack_weight(weight, None, "int8")
+    assert isinstance(packed, Int8Weight) and torch.equal(weight, kept)
+    x = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(packed(x), x @ weight.t(), rtol=2e-2, atol=0)
+    assert packed(torch.randn(0, 32)).shape == (0, 4) and packed(torch.randn(2, 0, 32)).shape == (2, 0, 4)
+
+
+@X86
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("options", [{}, {"qk_norm": True, "activation": "relu2", "n_kv_head": 2}])
 def test_packed_llama_block_gives_the_block_with_packed_linear_layers_bit_for_bit(options, dtype):

@@ -378,12 +378,13 @@ class Float16Weight:
     FBGEMM; products in float32. Decoding a batch of a few rows reads every weight once per
     token and is bound by memory, not arithmetic: half the bytes, and FBGEMM's packed layout,
     made the 15M model's 31 products about 4x cheaper than float32 (BENCHMARKS.md). Lossy:
-    each weight keeps 11 significant bits.
+    each weight keeps 11 significant bits, and one beyond float16's range (+-65504) saturates.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         bias = None if bias is None else bias.detach().float()
-        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), bias)
+        # a copy: FBGEMM's prepack saturates the float32 weight it is given in place, the model's own otherwise
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().to(torch.float32, copy=True), bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) float32 -> x W^T + b (..., out) float32."""
@@ -434,7 +435,7 @@ class Int8Weight:
         if x.numel() > self.max_rows * x.size(-1):
             return self.float16(x)
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)).to(torch.bfloat16), self.weight, self.scales)
-        y = y.float().view(*x.shape[:-1], -1)
+        y = y.float().view(*x.shape[:-1], self.weight.size(0))
         return y if self.bias is None else y + self.bias
 
 
