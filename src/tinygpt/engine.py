@@ -398,7 +398,7 @@ class Int8Weight:
     torchao's CPU int8 weight-only path run). The kernel takes bfloat16 activations and scales
     and accumulates in float32; the result comes back as float32. A quarter of float32's bytes:
     decoding one sequence of the 15M shape runs 1.14x faster than with Float16Weight, and the
-    cpu-10min model's bits per byte on valid.txt moved by 0.0001 (BENCHMARKS.md).
+    cpu-10min model's bits per byte on valid.txt moved by 0.00012 (BENCHMARKS.md).
 
     The kernel pays only for a single row: from 2 rows on (batched decoding, prefill) it was
     slower than FBGEMM's float16 (the 15M head at 16 rows: 6.1 against 3.5 ms), so those
