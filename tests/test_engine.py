@@ -465,6 +465,10 @@ def test_packed_weights_decode_close_to_float32_and_leave_the_model_alone(dtype)
         assert abs(a.logprob - b.logprob) < (1e-2 if dtype == "float16" else 3e-2)
     with pytest.raises(TinyGPTError, match="--dtype"):
         decode_dtype(model, "bfloat16")
+    half = make(FAMILIES["llama"]).to(torch.bfloat16)
+    assert decode_dtype(half, "auto") == "float32"
+    with pytest.raises(TinyGPTError, match=f"--dtype {dtype} packs float32 weights, and this model's are torch.bfloat16"):
+        Engine(half, dtype=dtype)
 
 
 @X86

@@ -358,7 +358,8 @@ def decode_dtype(model: GPT, dtype: str = "auto") -> str:
     CPU-second, BENCHMARKS.md; its AVX2 kernel is unmeasured), else float16 (1.4 to 1.6x float32).
     Otherwise float32: packing pays where reading the weights is what a step waits for, not for
     a model whose weights stay in the caches (the seed model, 0.8M parameters: 0.9x).
-    Raises TinyGPTError for an unknown dtype, or float16 / int8 off an x86 CPU.
+    Raises TinyGPTError for an unknown dtype, or float16 / int8 off an x86 CPU or for a model
+    whose weights are not float32.
     """
     if dtype not in DTYPES:
         raise TinyGPTError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -366,6 +367,8 @@ def decode_dtype(model: GPT, dtype: str = "auto") -> str:
     x86_cpu = "fbgemm" in torch.backends.quantized.supported_engines and param.device.type == "cpu"
     if dtype in ("float16", "int8") and not x86_cpu:
         raise TinyGPTError(f"--dtype {dtype} needs an x86 CPU (FBGEMM); use --dtype float32")
+    if dtype in ("float16", "int8") and param.dtype != torch.float32:
+        raise TinyGPTError(f"--dtype {dtype} packs float32 weights, and this model's are {param.dtype}; use --dtype float32")
     if dtype == "auto":
         if not (x86_cpu and param.dtype == torch.float32 and model.num_params() >= PACK_FROM_PARAMS):
             return "float32"
