@@ -426,12 +426,11 @@ class Int8Weight:
         probe = torch.randn(1, w.size(1), generator=torch.Generator().manual_seed(0))
         # each term's error: bfloat16's rounding of x (2^-8 relative), half a step of the int8 grid, and
         # the result's bfloat16 rounding; twice that bound still tells a rounded product from garbage
-        bound = (probe.abs() @ w.abs().t() + (probe @ w.t()).abs()) / 256 + probe.abs().sum(1, keepdim=True) * self.scales.float() / 2
-        if not bool(((self(probe) - self._reference(probe, w)).abs() <= 2 * bound + 1e-6).all()):
+        product = probe @ w.t()
+        bound = (probe.abs() @ w.abs().t() + product.abs()) / 256 + probe.abs().sum(1, keepdim=True) * self.scales.float() / 2
+        expected = product if self.bias is None else product + self.bias
+        if not bool(((self(probe) - expected).abs() <= 2 * bound + 1e-6).all()):
             raise ValueError("the int8 kernel's product disagrees with float32's on this weight")
-
-    def _reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return x @ w.t() if self.bias is None else x @ w.t() + self.bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) float32 -> x W^T + b (..., out) float32: int8 for one row, float16 for more."""
