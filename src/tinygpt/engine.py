@@ -354,7 +354,7 @@ def decode_dtype(model: GPT, dtype: str = "auto") -> str:
     or "int8" (Int8Weight, float16 for the layers it cannot take).
 
     "auto", for a float32 model of at least PACK_FROM_PARAMS parameters on a CPU that has FBGEMM
-    (x86): int8 where torch's CPU kernels use AVX-512 (the 15M shape: 1.14x float16's tokens per
+    (x86): int8 where torch's CPU kernels use AVX-512 (the 15M shape: 1.2 to 1.3x float16's tokens per
     CPU-second, BENCHMARKS.md; its AVX2 kernel is unmeasured), else float16 (1.4 to 1.6x float32).
     Otherwise float32: packing pays where reading the weights is what a step waits for, not for
     a model whose weights stay in the caches (the seed model, 0.8M parameters: 0.9x).
@@ -400,7 +400,7 @@ class Int8Weight:
     by PyTorch's CPU kernel for it, torch._weight_int8pack_mm (what gpt-fast's int8 mode and
     torchao's CPU int8 weight-only path run). The kernel takes bfloat16 activations and scales
     and accumulates in float32; the result comes back as float32. A quarter of float32's bytes:
-    decoding one sequence of the 15M shape runs 1.14x faster than with Float16Weight, and the
+    decoding one sequence of the 15M shape runs 1.2 to 1.3x faster than with Float16Weight, and the
     cpu-10min model's bits per byte on valid.txt moved by 0.00012 (BENCHMARKS.md).
 
     The kernel pays only for a single row: from 2 rows on (batched decoding, prefill) it was

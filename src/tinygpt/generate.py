@@ -374,7 +374,7 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
         choices=DTYPES,
         help="weights for decoding: float32 is exact; float16 (FBGEMM, x86 CPUs) reads half the bytes, 1.4 to 1.6x "
         "faster for a 15M model on a CPU; int8 (weight-only, x86 CPUs; prompts and batched rows run a float16 copy) "
-        "a quarter, 1.14x float16 on an AVX-512 CPU; 0.000003 and 0.00012 bits per byte from float32 on a 10-minute "
+        "a quarter, 1.2 to 1.3x float16 on an AVX-512 CPU; 0.000003 and 0.00012 bits per byte from float32 on a 10-minute "
         "model (BENCHMARKS.md); auto: for models of 4M parameters or more on an x86 CPU, int8 where it has AVX-512, "
         "else float16; float32 otherwise",
     )
