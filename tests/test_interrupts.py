@@ -43,6 +43,19 @@ def args(**settings) -> list[str]:
     return ["--config", "tiny", *(a for k, v in {**TINY, **settings}.items() for a in (f"--{k}", str(v)))]
 
 
+@pytest.fixture(autouse=True)
+def children_take_ctrl_c():
+    """Children that Ctrl-C reaches, however the suite was started: a shell starts a background
+    job (`cmd &`) with SIGINT ignored, children inherit that, and Python then keeps ignoring it
+    (a suite run that way saw training finish despite the signal). A handled signal is reset
+    to its default in a child, so a handler here gives them the default."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start(*command: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tinygpt", *map(str, command)],
