@@ -217,12 +217,13 @@ def test_cpu_preset_is_a_ten_minute_budget():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_presets_keep_the_new_training_options_off_and_stay_exportable(name):
-    """qk_norm, relu2, zero-init projections, embedding skips and Muon are options to try, not defaults;
-    and no preset uses one that `tinygpt export` refuses."""
+    """qk_norm, relu2, zero-init projections and embedding skips are options to try, not defaults;
+    no preset uses one that `tinygpt export` refuses. Muon is the ten-minute recipe's optimizer
+    (it won at the full budget, BENCHMARKS.md) and changes nothing an exporter sees."""
     cfg = load_config(name)
     m = cfg.model
     assert not (m.qk_norm or m.embed_skip or m.zero_init_proj) and m.activation != "relu2"
-    assert cfg.train.optimizer == "adamw"
+    assert cfg.train.optimizer == ("muon" if name == "cpu-10min" else "adamw")
 
 
 def test_tiny_stays_tiny():
