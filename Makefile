@@ -10,7 +10,10 @@ RUN    ?= runs/demo
 PRESET ?= cpu-10min
 TIME   ?= 3m
 PROMPT ?= Once upon a time
-GPU_PYTHONS ?= 3.11
+GPU_PYTHONS ?= 3.12
+# tinygpt's needs that the lent GPU machine's image lacks (its package list: the device library's
+# KINDS.md); everything else there (torch, numpy, tokenizers, transformers, pytest...) is used as it is.
+GPU_MISSING ?= gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection uvicorn
 
 .PHONY: setup setup-dev demo test lint screenshots gpu-wheels
 
@@ -50,14 +53,14 @@ lint: setup-dev
 screenshots: setup-dev
 	$(BIN)/python tests/screenshots.py $(RUN) docs
 
-# For bench/gpu_check.sh on a machine that reaches no package registry: the wheels of tinygpt and
-# its dependencies (not torch: the GPU machine's CUDA build is used) in wheels/gpu/, and a copy
-# of train.txt in bench/gpu-data/, both travelling with the repository folder. Linux x86-64,
-# CPython $(GPU_PYTHONS): set it to the GPU machine's Python (every version multiplies the size).
+# For bench/gpu_check.sh on a machine that reaches no package registry: wheels of the packages in
+# $(GPU_MISSING), at the versions installed here, in wheels/gpu/, and a copy of train.txt in
+# bench/gpu-data/, both travelling with the repository folder. Linux x86-64, CPython $(GPU_PYTHONS):
+# set it to the GPU machine's Python (every version multiplies the size).
 gpu-wheels: setup-dev
 	rm -rf wheels/gpu && mkdir -p wheels/gpu bench/gpu-data
-	$(BIN)/python -m pip wheel -q --no-deps -w wheels/gpu .
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton)' > wheels/gpu/requirements.txt
+	$(BIN)/python -c "import importlib.metadata as m, sys; print(*(f'{n}=={m.version(n)}' for n in sys.argv[1:]), sep='\n')" \
+		$(GPU_MISSING) > wheels/gpu/requirements.txt
 	for py in $(GPU_PYTHONS); do $(BIN)/python -m pip download -q -d wheels/gpu --only-binary=:all: \
 		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 		--python-version $$py --no-deps -r wheels/gpu/requirements.txt || exit 1; done

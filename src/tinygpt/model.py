@@ -580,19 +580,22 @@ class GPT(nn.Module):
         cache: CacheBatch | None = None,
         last_only: bool = False,
     ):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+        """idx (B, T) token ids -> (logits (B, T, V), None), or (None, loss) given targets.
 
-        targets (B, T): mean cross-entropy over positions whose target is not -1.
+        targets (B, T): mean cross-entropy over positions whose target is not -1. Training needs
+        only the loss; returned from a compiled graph, the logits would be a view of an
+        intermediate, which torch (2.11 and 2.13 seen) rebuilds with garbage sizes when
+        torch.compile's AOTAutograd cache is warm from an earlier run (RuntimeError "invalid shape").
         cache: a view of a decoding engine's KV cache (see hidden_states).
         last_only: logits (B, 1, V) for the last position only, all that predicting the next
         token needs; the output layer is the largest product of a short pass.
         """
         x = self.hidden_states(idx, cache)  # (B, T, C)
         logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, V)
-        loss = None
-        if targets is not None:  # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
-            loss = CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+        if targets is None:
+            return logits, None
+        # float32 math: a bf16 log-softmax over a large vocabulary is too coarse
+        return None, CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     def hidden_states(self, idx: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> the final norm's output (B, T, C), what lm_head scores.

@@ -486,7 +486,7 @@ class Trainer:
             if main:
                 from tqdm import tqdm
 
-                bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
+                bar = tqdm(total=self.max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False, disable=None)
             session, interval = StepTimer(), StepTimer()  # this process's whole run; since the last log line
             while self.step < self.max_steps:
                 step_start = time.perf_counter()
