@@ -53,12 +53,13 @@ lint: setup-dev
 screenshots: setup-dev
 	$(BIN)/python tests/screenshots.py $(RUN) docs
 
-# For bench/gpu_check.sh on a machine that reaches no package registry: wheels of the packages in
-# $(GPU_MISSING), at the versions installed here, in wheels/gpu/, and a copy of train.txt in
+# For bench/gpu_check.sh on a machine that reaches no package registry: wheels of tinygpt and of
+# the packages in $(GPU_MISSING), at the versions installed here, in wheels/gpu/, and a copy of train.txt in
 # bench/gpu-data/, both travelling with the repository folder. Linux x86-64, CPython $(GPU_PYTHONS):
 # set it to the GPU machine's Python (every version multiplies the size).
 gpu-wheels: setup-dev
 	rm -rf wheels/gpu && mkdir -p wheels/gpu bench/gpu-data
+	$(BIN)/python -m pip wheel -q --no-deps -w wheels/gpu .  # the `tinygpt` command, for the CLI tests
 	$(BIN)/python -c "import importlib.metadata as m, sys; print(*(f'{n}=={m.version(n)}' for n in sys.argv[1:]), sep='\n')" \
 		$(GPU_MISSING) > wheels/gpu/requirements.txt
 	for py in $(GPU_PYTHONS); do $(BIN)/python -m pip download -q -d wheels/gpu --only-binary=:all: \

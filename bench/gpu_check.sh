@@ -60,7 +60,7 @@ $PY -m tinygpt train --data "$OUT/data" --out "$OUT/run" "${COMMON[@]}" --train.
 $PY -m tinygpt train --out "$OUT/run" --resume auto --train.max_iters $((2 * STEPS)) > "$OUT/resume.log"
 grep -q "resuming at step $STEPS" "$OUT/resume.log" && say "resumed at step $STEPS, trained to $((2 * STEPS))"
 
-$PY - "$OUT/run" <<'EOF'
+$PY - "$OUT/run" "$DEVICE" <<'EOF'
 import json, sys, time
 from pathlib import Path
 
@@ -73,19 +73,18 @@ PEAK_BF16 = {  # dense bf16 FLOP/s from the vendors' data sheets (SXM parts wher
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
     "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
 }
-run = Path(sys.argv[1])
+run, device = Path(sys.argv[1]), sys.argv[2]
 rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 train = [r for r in rows if r["kind"] == "train"]
 tokens_per_s = sorted(r["tokens_per_s"] for r in train)[len(train) // 2]  # median of the logged intervals
 model, tokenizer = load_model(run)
 line = f"training {tokens_per_s:,.0f} tokens/s (median), {model.num_params():,} parameters"
-if torch.cuda.is_available():
+if device == "cuda":
     name = torch.cuda.get_device_name(0)
     peak = next((flops for key, flops in PEAK_BF16.items() if key in name), None)
     achieved = tokens_per_s * model.flops_per_token()
     line += f", {achieved / 1e12:.1f} TFLOP/s" + (f", MFU {achieved / peak:.1%} of {name}'s {peak / 1e12:.0f}" if peak else f" ({name}: peak unknown)")
 print("gpu_check:", line)
-device = "cuda" if torch.cuda.is_available() else "cpu"
 sampler = Sampler(model.to(device), tokenizer, device)
 sampler.generate("Once upon a time", max_new_tokens=20, temperature=1.0, seed=0, stop_at_eot=False)  # warm-up
 start = time.perf_counter()

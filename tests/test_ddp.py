@@ -32,6 +32,7 @@ SETTINGS = {
     "train.eval_windows": "24",
     "train.log_interval": "1",
     "train.threads": "1",
+    "train.device": "cpu",  # gloo: the same on a machine with one GPU or none
     "train.sample_tokens": "0",
 }
 # Muon: every process steps it on the averaged gradients. Its Newton-Schulz iterations run in
