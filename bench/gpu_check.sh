@@ -13,7 +13,8 @@
 #      bench/gpu-data/train.txt, with Muon for the hidden matrices: tokens/s and MFU (model FLOPs
 #      per token x tokens/s / the GPU's peak dense bf16 FLOP/s, looked up by name);
 #   2. resumed once from its checkpoint for as many steps again;
-#   3. a sample on the GPU: tokens/s of generation;
+#   3. a sample on the GPU: tokens/s of generation; then torch.profiler over 10 training steps
+#      (its table in profile.txt: the ops by time on the GPU, to see where a step goes);
 #   4. torchrun --nproc_per_node 1 (NCCL on CUDA, gloo on the CPU) for a few steps;
 #   5. the test suite, with the GPU visible (skipped with --cpu: the suite runs this script), last so
 #      that a lease too short for it still brings back 1-4; GPU_CHECK_TEST_SECONDS caps it, and a
@@ -60,7 +61,7 @@ $PY -m tinygpt train --data "$OUT/data" --out "$OUT/run" "${COMMON[@]}" --train.
 $PY -m tinygpt train --out "$OUT/run" --resume auto --train.max_iters $((2 * STEPS)) > "$OUT/resume.log"
 grep -q "resuming at step $STEPS" "$OUT/resume.log" && say "resumed at step $STEPS, trained to $((2 * STEPS))"
 
-$PY - "$OUT/run" "$DEVICE" <<'EOF'
+$PY - "$OUT/run" "$DEVICE" "$OUT/data" "$OUT" <<'EOF'
 import json, sys, time
 from pathlib import Path
 
@@ -91,6 +92,29 @@ start = time.perf_counter()
 n = 200 if device == "cuda" else 40
 sampler.generate("Once upon a time", max_new_tokens=n, temperature=1.0, seed=1, stop_at_eot=False)
 print(f"gpu_check: sampling {n / (time.perf_counter() - start):,.0f} tokens/s on {device} (batch 1, KV cache)")
+
+from torch.profiler import ProfilerActivity, profile
+
+from tinygpt import checkpoint as ckpt
+from tinygpt.run import Run
+from tinygpt.train import Trainer
+
+out = Path(sys.argv[4])
+trainer = Trainer(ckpt.read_config(Run(run).latest()), sys.argv[3], out / "profiled")
+for _ in range(3):  # compiled graphs and optimizer state before the profile
+    trainer.train_step()
+cuda = device == "cuda"
+with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+    start = time.perf_counter()
+    for _ in range(10):
+        trainer.train_step()
+    ms = (time.perf_counter() - start) * 100  # per step
+ops = prof.key_averages()
+sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+(out / "profile.txt").write_text(ops.table(sort_by=sort, row_limit=30))
+busy = sum(e.self_device_time_total for e in ops) / 1e4 if cuda else None  # microseconds over 10 steps -> ms a step
+print(f"gpu_check: profile of 10 training steps: {ms:.1f} ms a step" + (f", {busy:.1f} ms of it in {device} kernels" if cuda else "")
+      + f" (table in {out / 'profile.txt'})")
 EOF
 
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m tinygpt train --data "$OUT/data" \
