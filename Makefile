@@ -13,7 +13,7 @@ PROMPT ?= Once upon a time
 GPU_PYTHONS ?= 3.12
 # tinygpt's needs that the lent GPU machine's image lacks (its package list: the device library's
 # KINDS.md); everything else there (torch, numpy, tokenizers, transformers, pytest...) is used as it is.
-GPU_MISSING ?= gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection uvicorn
+GPU_MISSING ?= gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection opentelemetry-api uvicorn
 
 .PHONY: setup setup-dev demo test lint screenshots gpu-wheels
 

@@ -34,8 +34,10 @@ DATA_TXT=bench/gpu-data/train.txt
 [[ -f $DATA_TXT ]] || { mkdir -p bench/gpu-data && cp ../shared/data/tinystories/train.txt "$DATA_TXT"; }
 say() { echo "gpu_check: $*"; }
 
-if (( ! CPU )) && [[ -d wheels/gpu ]]; then  # built for the GPU machine's Python
-    $PY -m pip install -q --no-index --no-deps --no-cache-dir wheels/gpu/*.whl
+if (( ! CPU )) && [[ -d wheels/gpu ]]; then  # built for the GPU machine's Python (pip picks its own from several)
+    $PY -m pip install -q --no-index --no-deps --no-cache-dir --find-links wheels/gpu -r wheels/gpu/requirements.txt tinygpt
+    # a dependency missing there would only skip the tests that importorskip it
+    $PY -c "import fastapi, uvicorn, gguf" || { say "wheels/gpu lacks a dependency of the packages above (Makefile: GPU_MISSING)"; exit 1; }
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 

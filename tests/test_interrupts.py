@@ -28,6 +28,7 @@ from tinygpt.run import Run, find_checkpoint, load_model
 from tinygpt.train import Trainer
 
 TINY = {
+    "train.device": "cpu",  # identical runs write identical files on the CPU (see tests/test_train.py's TINY)
     "model.n_layer": "1",
     "model.n_embd": "32",
     "model.block_size": "32",

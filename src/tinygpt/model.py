@@ -524,7 +524,7 @@ FAMILIES: dict[str, type[Family]] = {"gpt2": GPT2Model, "llama": LlamaModel}  # 
 
 
 class GPT(nn.Module):
-    """Token ids (B, T) -> next-token logits (B, T, V), and the loss when targets are given."""
+    """Token ids (B, T) -> next-token logits (B, T, V), or given targets the loss alone (see forward)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
