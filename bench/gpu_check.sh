@@ -133,7 +133,9 @@ if (( ! CPU )); then
         > "$OUT/tests.log" 2>&1
     rc=$?
     set -e
-    say "tests with the GPU visible: $(tail -1 "$OUT/tests.log") (exit $rc${XDIST:+, ${XDIST[*]}})"
+    summary=$(tail -1 "$OUT/tests.log")
+    (( rc == 124 )) && summary="cut at ${GPU_CHECK_TEST_SECONDS:-3600} s, last: $summary"
+    say "tests with the GPU visible: $summary (exit $rc${XDIST:+, ${XDIST[*]}})"
     (( rc == 0 )) || exit "$rc"
 fi
 say "all done (logs in $OUT)"
