@@ -210,6 +210,19 @@ def test_folder_and_glob_inputs(bpe_prepared, train_docs, tmp_path):
     assert tokens(tmp_path / "glob", "train").tolist() == expected
 
 
+def test_a_document_cut_inside_its_leading_blank_lines_is_not_empty(tokenizer_folders, tmp_path, monkeypatch):
+    """A cut that leaves a document's first piece only blank lines (found by hypothesis): its text
+    arrives in the next pieces, so it is neither counted empty nor refused as "no documents"."""
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 16)  # pieces "\n\n", "aa<|endoftext|>", "\n<|endoftext|>\n"
+    (tmp_path / "c.txt").write_text("\n\naa<|endoftext|>\n<|endoftext|>\n  \n\n \n<|endoftext|>\n")
+    manifest = run(tmp_path / "c.txt", tmp_path / "out", tokenizer_from=tokenizer_folders["char"], tokenizer__kind="char",
+                   data__val_fraction="0")  # fmt: skip
+    train = manifest["splits"]["train"]
+    assert (train["documents"], train["empty_documents"]) == (2, 1)  # the second, blank lines only, is empty
+    decoded = load_tokenizer(tokenizer_folders["char"]).decode(tokens(tmp_path / "out", "train"))
+    assert decoded == EOT_SEPARATOR + "\n\naa<|endoftext|>\n" + EOT_SEPARATOR + "  \n\n \n" + EOT_SEPARATOR
+
+
 def test_files_without_a_final_separator_are_joined_by_an_end_of_text_token(tokenizer_folders, tmp_path):
     (tmp_path / "a.txt").write_text("First file,\r\nno separator at its end.")
     (tmp_path / "b.txt").write_text("\ufeffSecond file.\n<|endoftext|>\nThird document, open.\n")

@@ -57,7 +57,8 @@ class Part:
     lead_eot: bool = False
     open_end: bool = False
     documents: int = 0  # documents that start here
-    empty: int = 0  # of those, empty or whitespace only (judged by their first text)
+    empty: int = 0  # of those, empty or whitespace only: counted where they start, taken back (-1) in the chunk
+    # where a document counted empty on its first texts gets text after all (a cut inside its leading blank lines)
     source_bytes: int = 0  # S: see the module docstring
 
 
@@ -82,6 +83,7 @@ class _Streams:
     def __init__(self):
         self.begun = dict.fromkeys(SPLITS, False)
         self.open = dict.fromkeys(SPLITS, False)
+        self.blank = dict.fromkeys(SPLITS, False)  # the open document is empty or whitespace so far
 
     def add(self, part: Part, split: str, texts: list[str], nbytes: list[int], starts: bool, open_end: bool) -> None:
         """Append consecutive texts of one Piece to `part`; `starts`: the first begins a document."""
@@ -90,10 +92,13 @@ class _Streams:
             part.source_bytes += EOT_BYTES if self.begun[split] else 0  # t0 stands for no text
         part.texts += texts
         part.source_bytes += sum(nbytes)
-        whole = texts if starts else texts[1:]
-        part.documents += len(whole)
-        part.empty += sum(1 for text in whole if not text or text.isspace())
+        blank = [not text or text.isspace() for text in texts]
+        part.documents += len(texts) - (not starts)
+        part.empty += sum(blank[(not starts) :])
+        if not starts and self.blank[split] and not blank[0]:
+            part.empty -= 1
         part.open_end = open_end
+        self.blank[split] = blank[-1] and (starts or len(texts) > 1 or self.blank[split])
         self.begun[split], self.open[split] = True, open_end
 
 
