@@ -22,7 +22,9 @@ on all of them alike. Each run records wall-clock tokens/s and tokens per CPU-se
 CPU time: on one thread other jobs barely change it; with more threads it counts the threads'
 waiting too), and the 1-minute load average; the warm-up line says how many tensor ops one
 step dispatches (forward, backward, optimizer), which decides how often threads wait for each other. The figures are medians of the per-round ratios
-ours / baseline. Achieved GFLOP/s = tokens/s x training FLOPs per token (GPT.flops_per_token).
+ours / baseline. Our Trainer sets glibc's malloc to keep freed memory (common.keep_freed_memory);
+that is process-wide, so the baselines run with it too: the ratios compare the steps' code, not
+how often each side's allocations fault in fresh pages. Achieved GFLOP/s = tokens/s x training FLOPs per token (GPT.flops_per_token).
 
 Prints JSON lines: one per run, one summary; with --profile, torch.profiler's table of the top
 ops (self CPU time) of each side's steps after the summary.
