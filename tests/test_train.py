@@ -203,6 +203,7 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
     )
     out = capsys.readouterr().out
     assert "--- sample (20 tokens" in out and "best val bpb" in out
+    assert "val bpb" in out and "(estimate: 16 windows spread over the split)" in out
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]

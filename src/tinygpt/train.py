@@ -550,7 +550,7 @@ class Trainer:
                 self.sample_s = self.clock() - start
             self._print(
                 f"step {self.step}: val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}"
-                + ("" if result["exact"] else f" (estimate: first {result['windows']} windows)")
+                + ("" if result["exact"] else f" (estimate: {result['windows']} windows spread over the split)")
                 + (" (best)" if best else ""),
                 bar,
             )
