@@ -273,7 +273,6 @@ def test_training_on_the_cpu_keeps_freed_memory(char_data, tmp_path, monkeypatch
     assert calls == [1]
 
 
-
 @pytest.mark.parametrize("optimizer", [{}, {"train__optimizer": "muon", "train__schedule": "wsd"}])
 def test_resume_is_bit_exact(char_data, tmp_path, optimizer):
     """30 steps straight == 10 steps, a new process state from the checkpoint, then 20 more;

@@ -70,11 +70,11 @@ def autodetect_device(requested: str = "auto") -> str:
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse rather than hand it back to the system.
 
-    A training step on the CPU allocates and frees the same few hundred megabytes of
-    activations every step. By default glibc serves a block over its mmap threshold (128 KiB,
+    A training step on the CPU allocates and frees the same tens of megabytes of activations
+    every step. By default glibc serves a block over its mmap threshold (128 KiB,
     raised as such blocks are freed) with fresh pages and trims the heap's free top once it
     exceeds twice that threshold, so every step faults in and zero-fills new pages: on the seed
-    preset 8,400 minor page faults a step and about a tenth of its time (BENCHMARKS.md, "A faster
+    preset about 7,000 minor page faults a step and a tenth of its time (BENCHMARKS.md, "A faster
     training step"). Fixing the threshold at glibc's largest (32 MiB), never trimming and growing
     the heap 64 MiB at a time keeps a step's memory mapped from one step to the next; the peak
     resident memory is the one a step reaches anyway. Process-wide, for the allocations that
