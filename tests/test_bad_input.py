@@ -86,6 +86,7 @@ VALUES = [  # key, command-line text, TOML literal, Python value, what the one l
     ("model.embd_dropout", "maybe", '"maybe"', "maybe", "model.embd_dropout must be bool"),
     ("model.tie_weights", "2", "2", 2, "model.tie_weights must be bool"),
     ("model.family", "bert", '"bert"', "bert", "model.family must be"),
+    ("train.decay_shape", "cosine", '"cosine"', "cosine", "train.decay_shape must be 'linear' or '1-sqrt'"),
 ]
 VALUE_IDS = [f"{key}={text}" for key, text, *_ in VALUES]
 

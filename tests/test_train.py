@@ -102,6 +102,10 @@ def test_warmup_stable_decay_schedule():
     assert lr_at(79, t, 100, 80) == lr_at(50, t, 100, None) == 1e-3  # stable: until the decay starts, or while undecided
     assert lr_at(90, t, 100, 80) == pytest.approx(5.5e-4)  # half way down, linearly
     assert lr_at(100, t, 100, 80) == pytest.approx(1e-4)
+    t.decay_shape = "1-sqrt"
+    assert lr_at(79, t, 100, 80) == 1e-3
+    assert lr_at(85, t, 100, 80) == pytest.approx(1e-4 + 9e-4 * 0.5)  # a quarter of the way: sqrt(1/4) of the drop
+    assert lr_at(100, t, 100, 80) == pytest.approx(1e-4)
 
 
 def test_time_budget_decides_decay_estimates_and_out_of_time():

@@ -168,6 +168,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after a linear warmup: "constant", "cosine" (down to min_lr) or "wsd" (stable, then linear decay)
     warmup_iters: int = 100
     decay_frac: float = 0.2  # wsd: the share of the budget (steps, or seconds of a time budget) the decay takes
+    decay_shape: str = "linear"  # wsd: "linear" (peak to min_lr in a straight line) or "1-sqrt" (min_lr + (peak - min_lr)(1 - sqrt(progress)))
     optimizer: str = "adamw"  # "adamw", or "muon": Muon for the hidden matrices, AdamW for the rest (optim.py)
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it as it scales lr)
     muon_momentum: float = 0.95
@@ -204,6 +205,7 @@ class TrainConfig:
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", "must be in [0, lr]")
         _check(self.schedule in ("constant", "cosine", "wsd"), "train.schedule", "must be 'constant', 'cosine' or 'wsd'")
         _check(0 < self.decay_frac <= 1, "train.decay_frac", "must be in (0, 1]")
+        _check(self.decay_shape in ("linear", "1-sqrt"), "train.decay_shape", "must be 'linear' or '1-sqrt'")
         _check(self.weight_decay >= 0, "train.weight_decay", "must not be negative")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1", "betas must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must not be negative")

@@ -76,8 +76,9 @@ PROGRESS = {
 def lr_at(step: int, train: TrainConfig, max_steps: int, decay_start: int | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then constant, cosine down
     to min_lr at max_steps, or warmup-stable-decay ("wsd": the peak until `decay_start`, None
-    while not decided, then linear down to min_lr at max_steps; Hägele et al. 2024, "Scaling Laws
-    and Compute-Optimal Training Beyond Fixed Training Durations")."""
+    while not decided, then down to min_lr at max_steps, linearly or, with decay_shape "1-sqrt",
+    as 1 - sqrt(progress), which falls faster early in the decay; both from Hägele et al. 2024,
+    "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", section 3)."""
     if step < train.warmup_iters:
         return train.lr * (step + 1) / (train.warmup_iters + 1)
     if train.schedule == "constant":
@@ -86,6 +87,8 @@ def lr_at(step: int, train: TrainConfig, max_steps: int, decay_start: int | None
         if decay_start is None or step < decay_start:
             return train.lr
         progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        if train.decay_shape == "1-sqrt":
+            progress = math.sqrt(progress)
         return train.lr + progress * (train.min_lr - train.lr)
     progress = min(1.0, (step - train.warmup_iters) / max(1, max_steps - train.warmup_iters))
     return train.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - train.min_lr)
