@@ -232,7 +232,7 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
 
 
 FAULTS_PER_STEP = """
-import resource, sys
+import resource, statistics, sys
 import torch
 from tinygpt.common import keep_freed_memory
 from tinygpt.config import ModelConfig
@@ -251,10 +251,12 @@ def step():
     optimizer.zero_grad(set_to_none=True)
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults))  # any one step can be off either way (default: 0 now and then; kept: ~1,000)
 """
 
 
@@ -266,8 +268,8 @@ def test_keeping_freed_memory_stops_a_step_faulting_in_fresh_pages():
         mode: float(subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], capture_output=True, text=True, check=True).stdout)
         for mode in ("default", "keep")
     }
-    assert faults["default"] > 2000  # 4,000 to 7,000 seen
-    assert faults["keep"] < faults["default"] / 4
+    assert faults["default"] > 1000  # a median of 4,000 to 10,000 seen
+    assert faults["keep"] < faults["default"] / 4  # 0 to 2 seen
 
 
 def test_training_on_the_cpu_keeps_freed_memory(char_data, tmp_path, monkeypatch):
