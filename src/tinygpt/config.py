@@ -165,7 +165,7 @@ class TrainConfig:
     max_time: str = ""  # ... or in wall-clock time, e.g. "10m", "90s", "1h" ("": unused)
     lr: float = 1e-3
     min_lr: float = 1e-4
-    schedule: str = "cosine"  # after a linear warmup: "constant", "cosine" (down to min_lr) or "wsd" (stable, then linear decay)
+    schedule: str = "cosine"  # after a linear warmup: "constant", "cosine" (down to min_lr) or "wsd" (stable, then a decay: decay_shape)
     warmup_iters: int = 100
     decay_frac: float = 0.2  # wsd: the share of the budget (steps, or seconds of a time budget) the decay takes
     decay_shape: str = "linear"  # wsd: "linear" (peak to min_lr in a straight line) or "1-sqrt" (min_lr + (peak - min_lr)(1 - sqrt(progress)))
