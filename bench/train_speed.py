@@ -170,7 +170,6 @@ TWIN_NAMES = [  # ours -> NanoGPTLlama's parameter names
     ("model.norm.", "transformer.ln_f."),
     ("input_layernorm.", "ln_1."),
     ("post_attention_layernorm.", "ln_2."),
-    ("self_attn.qkv_proj.", "attn.c_attn."),
     ("self_attn.o_proj.", "attn.c_proj."),
     ("mlp.gate_proj.", "mlp.w1."),
     ("mlp.up_proj.", "mlp.w3."),
@@ -183,9 +182,13 @@ def twin_of(model: nn.Module) -> NanoGPTLlama:
     twin = NanoGPTLlama(model.cfg)
     state = {}
     for name, tensor in model.state_dict().items():
+        if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+            continue  # nanoGPT fuses them: c_attn, below
         for ours, theirs in TWIN_NAMES:
             name = name.replace(ours, theirs)
         state[name] = tensor.clone()
+    for i, layer in enumerate(model.model.layers):
+        state[f"transformer.h.{i}.attn.c_attn.weight"] = layer.self_attn.qkv_weight().detach().clone()
     twin.load_state_dict(state)
     return twin
 

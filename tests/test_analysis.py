@@ -201,7 +201,7 @@ def test_attention_weights_reproduce_the_models_attention_output(name):
     seen, values = [], []
     attns = [m for m in model.modules() if hasattr(m, "split_heads")]
     hooks = [(a.c_proj if name == "gpt2" else a.o_proj).register_forward_pre_hook(lambda m, args: seen.append(args[0])) for a in attns]
-    hooks += [(a.c_attn if name == "gpt2" else a.qkv_proj).register_forward_hook(lambda m, args, out: values.append(out)) for a in attns]
+    hooks += [a.register_forward_pre_hook(lambda m, args: values.append(m.qkv(args[0]))) for a in attns]
     with torch.no_grad():
         model(ids.unsqueeze(0))
     for h in hooks:

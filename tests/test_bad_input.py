@@ -87,6 +87,7 @@ VALUES = [  # key, command-line text, TOML literal, Python value, what the one l
     ("model.tie_weights", "2", "2", 2, "model.tie_weights must be bool"),
     ("model.family", "bert", '"bert"', "bert", "model.family must be"),
     ("train.decay_shape", "cosine", '"cosine"', "cosine", "train.decay_shape must be 'linear' or '1-sqrt'"),
+    ("train.short_block_size", "16", "16", 16, "train.short_block_size needs train.schedule 'wsd'"),
 ]
 VALUE_IDS = [f"{key}={text}" for key, text, *_ in VALUES]
 

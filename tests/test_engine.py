@@ -142,7 +142,7 @@ def next_logits_seeing(model: GPT, token: torch.Tensor, pos: int, kv: list[tuple
     x = model.model.embed_tokens(token)  # (1, 1, C)
     for layer, (k_seen, v_seen) in zip(model.model.layers, kv, strict=True):
         attn = layer.self_attn
-        q, k, v = attn.split_heads(attn.qkv_proj(layer.input_layernorm(x)))
+        q, k, v = attn.split_heads(attn.qkv(layer.input_layernorm(x)))
         q, k = apply_rope(q, cos[pos], sin[pos]), apply_rope(k, cos[pos], sin[pos])
         group = cfg.n_head // cfg.kv_heads
         k = torch.cat((k_seen, k), dim=2).repeat_interleave(group, dim=1)
@@ -528,6 +528,8 @@ def test_packed_llama_block_gives_the_block_with_packed_linear_layers_bit_for_bi
     model = make(dataclasses.replace(FAMILIES["llama"], **options), wide=True)
     fused = decoding_model(model, dtype)
     plain = copy.deepcopy(model)  # every linear layer packed, the blocks as they are
+    for layer in plain.model.layers:  # q, k and v: one product, as the model makes them
+        layer.self_attn.__dict__["qkv"] = PackedLinear(layer.self_attn.qkv_weight(), None, dtype)
     for module in list(plain.modules()):
         for name, child in module.named_children():
             if isinstance(child, torch.nn.Linear):

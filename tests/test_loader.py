@@ -62,6 +62,26 @@ def test_resumed_loader_draws_the_same_batches(counting_shards):
     assert resumed.batches_drawn == straight.batches_drawn == 8
 
 
+def test_short_windows_keep_the_tokens_of_a_batch_and_draw_from_the_one_generator(counting_shards):
+    """A curriculum's short batches: 4 x 16 tokens become 8 x 8, contiguous windows that may start
+    anywhere a window of 9 fits, drawn from the one generator: a loader resumed from the state after
+    a short and a full batch draws the same next batches, whichever length they are."""
+    shards, sizes = counting_shards
+    loader = TrainLoader(shards, block_size=16, batch_size=4, seed=5, short_block_size=8)
+    x, y = loader.next_batch(short=True)
+    assert x.shape == y.shape == (8, 8) and torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(8, 7, dtype=torch.int64))
+    x, _ = loader.next_batch()
+    assert x.shape == (4, 16)
+    resumed = TrainLoader(shards, block_size=16, batch_size=4, seed=0, short_block_size=8)
+    resumed.load_state_dict(loader.state_dict())
+    for short in (True, False, True):
+        assert torch.equal(resumed.next_batch(short)[0], loader.next_batch(short)[0])
+    assert resumed.batches_drawn == loader.batches_drawn == 5
+    # a short window fits where a long one does not: the 37-token shard holds 29 of 9 tokens, 21 of 17
+    assert [int(c[-1]) for c in loader.counts.values()] == [sum(n - 16 for n in sizes), sum(n - 8 for n in sizes)]
+
+
 def test_ranks_take_slices_of_one_global_batch(counting_shards):
     shards, _ = counting_shards
     single = TrainLoader(shards, block_size=16, batch_size=6, seed=3)

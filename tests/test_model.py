@@ -91,14 +91,17 @@ def test_parameter_names_follow_hugging_face():
     assert sorted(llama.state_dict()) == sorted([
         "model.embed_tokens.weight",
         "model.layers.0.input_layernorm.weight",
-        "model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight",
         "model.layers.0.post_attention_layernorm.weight",
         "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
         "model.layers.0.mlp.down_proj.weight",
         "model.norm.weight", "lm_head.weight",
     ])
     hs = 32 // 4
-    assert llama.model.layers[0].self_attn.qkv_proj.weight.shape == ((4 + 2 * 2) * hs, 32)
+    attn = llama.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (4 * hs, 32) and attn.k_proj.weight.shape == attn.v_proj.weight.shape == (2 * hs, 32)
+    assert attn.qkv_weight().shape == ((4 + 2 * 2) * hs, 32)
     assert llama.model.layers[0].mlp.gate_proj.weight.shape == (96, 32)  # 2/3 * 4 * 32 rounded up to 32
 
 
@@ -177,8 +180,8 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         for i in range(cfg.n_layer):
             x = skip(x, x0, "model.", i)
             p = f"model.layers.{i}."
-            q, k, v = linear(rms(x, p + "input_layernorm"), p + "self_attn.qkv_proj").split(
-                [nh * hs, nkv * hs, nkv * hs], -1)
+            h = rms(x, p + "input_layernorm")
+            q, k, v = (linear(h, p + f"self_attn.{part}_proj") for part in "qkv")
             x = x + linear(attention(rotate(q), rotate(k), v), p + "self_attn.o_proj")
             h = rms(x, p + "post_attention_layernorm")
             x = x + linear(gate(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
@@ -350,7 +353,7 @@ def test_init_std(family):
         return torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith(suffixes)]).std().item()
     residual = std(("attn.c_proj.weight", "mlp.c_proj.weight", "o_proj.weight", "down_proj.weight"))
     assert residual == pytest.approx(0.02 / math.sqrt(2 * n_layer), rel=0.05)
-    assert std(("c_fc.weight", "c_attn.weight", "qkv_proj.weight", "up_proj.weight", "lm_head.weight")) == \
+    assert std(("c_fc.weight", "c_attn.weight", "q_proj.weight", "up_proj.weight", "lm_head.weight")) == \
         pytest.approx(0.02, rel=0.05)
     assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith(".bias") and "ln_" not in n)
 

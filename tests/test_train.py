@@ -23,6 +23,7 @@ from tinygpt.cli import main
 from tinygpt.common import TinyGPTError
 from tinygpt.config import ModelConfig, TrainConfig, load_config
 from tinygpt.evaluate import evaluate
+from tinygpt.loader import TrainLoader
 from tinygpt.metrics import Metrics, read_metrics, read_samples
 from tinygpt.model import GPT
 from tinygpt.optim import make_optimizer
@@ -130,8 +131,8 @@ def test_muon_takes_the_hidden_matrices_by_role_and_adamw_the_rest():
     optimizers = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), "cpu")
     names = {id(p): name for name, p in model.named_parameters()}
     muon = sorted(names[id(p)] for g in optimizers.parts["muon"].param_groups for p in g["params"])
-    roles = ("qkv_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
-    assert muon == sorted(name for name in names.values() if name.endswith(roles)) and len(muon) == 10
+    roles = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+    assert muon == sorted(name for name in names.values() if name.endswith(roles)) and len(muon) == 14
     adamw = sorted(names[id(p)] for g in optimizers.parts["adamw"].param_groups for p in g["params"])
     assert "model.embed_tokens.weight" in adamw and len(adamw) + len(muon) == len(names)  # the head is tied to it
     optimizers.set_lr(5e-4)  # half the peak: both halve
@@ -279,10 +280,16 @@ def test_training_on_the_cpu_keeps_freed_memory(char_data, tmp_path, monkeypatch
     assert calls == [1]
 
 
-@pytest.mark.parametrize("optimizer", [{}, {"train__optimizer": "muon", "train__schedule": "wsd"}])
+CURRICULUM = {"train__schedule": "wsd", "train__decay_frac": 0.5, "train__short_block_size": 8}
+
+
+@pytest.mark.parametrize(
+    "optimizer", [{}, {"train__optimizer": "muon", "train__schedule": "wsd"}, CURRICULUM], ids=["adamw", "muon", "curriculum"]
+)
 def test_resume_is_bit_exact(char_data, tmp_path, optimizer):
     """30 steps straight == 10 steps, a new process state from the checkpoint, then 20 more;
-    also with two optimizers (Muon and AdamW) in one checkpoint."""
+    also with two optimizers (Muon and AdamW) in one checkpoint, and across a curriculum's switch
+    from short windows to full ones (at step 15)."""
     cfg = tiny(train__max_iters=30, train__ckpt_interval=10, train__eval_interval=15, train__grad_accum=2, **optimizer)
     Trainer(cfg, char_data, tmp_path / "straight").fit()
 
@@ -294,6 +301,25 @@ def test_resume_is_bit_exact(char_data, tmp_path, optimizer):
     assert trainer.step == 10
     trainer.fit()
     assert_same_weights(Run(tmp_path / "straight").step_folder(30), Run(resumed_run).step_folder(30))
+
+
+def test_a_curriculum_trains_on_short_windows_until_the_decay_starts(char_data, tmp_path, monkeypatch):
+    """block_size 32, batch 8, short_block_size 8: 32 x 8 windows a step until the decay starts
+    at step 10 of 20, then 8 x 32; the same 256 tokens every step, and validation at 32."""
+    shapes = []
+    next_batch = TrainLoader.next_batch
+
+    def recording(self, short=False):
+        x, y = next_batch(self, short)
+        shapes.append(tuple(x.shape))
+        return x, y
+
+    monkeypatch.setattr(TrainLoader, "next_batch", recording)
+    trainer = Trainer(tiny(train__max_iters=20, train__eval_interval=20, **CURRICULUM), char_data, tmp_path)
+    assert trainer.decay_start == 10 and "(windows of 8, 32 a batch, until the decay starts)" in trainer._describe()
+    trainer.fit()
+    assert shapes == [(32, 8)] * 10 + [(8, 32)] * 10 and trainer.tokens == 20 * 256
+    assert all(r["bpb"] > 0 for r in read_metrics(tmp_path) if r["kind"] == "train")
 
 
 def test_samples_at_every_evaluation_leave_the_training_untouched(char_data, tmp_path):
@@ -338,7 +364,10 @@ def stepping_clock(monkeypatch):
     def train_step(self):
         if self.step == getattr(self.clock, "kill_at", None):
             raise KeyboardInterrupt
-        self.clock.now += 0.25 if self.step < 20 else 0.5
+        if self.cfg.train.short_block_size:  # a curriculum: short windows cost half what full ones do
+            self.clock.now += 0.25 if self.short_windows else 0.5
+        else:
+            self.clock.now += 0.25 if self.step < 20 else 0.5
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
@@ -383,6 +412,53 @@ def test_time_budget_decisions_replay_on_resume_bit_exact(char_data, tmp_path, s
         "why": "calibration", "step": 20, "elapsed_s": 8.0, "max_steps": 64, "decay_start": None
     }  # fmt: skip
     assert longer.step == 64 and longer.decay_start == 46 and longer.elapsed_now() == 30.0
+
+
+def test_a_curriculum_budgets_its_dearer_decay_steps_and_resumes_bit_exact(char_data, tmp_path, stepping_clock):
+    """A 20 s budget, half of it the decay; short steps take 0.25 s, full ones 0.5 s. The calibration
+    times 4 of each (3 s, 3 of them timed each: decay_step_cost 2) and gives 3 + 7 s / 0.25 + 10 s / 0.5
+    = 48 steps; the decay starts at step 28 (10 s) and the run ends at step 48, at 20 s. Killed at
+    step 33 and resumed from step 20, before the switch, it ends with the same decisions and weights."""
+    cfg = tiny(train__max_time="20s", train__warmup_iters=2, train__eval_interval=8, train__ckpt_interval=10,
+               train__keep_last=0, **CURRICULUM)  # fmt: skip
+    straight = Trainer(cfg, char_data, tmp_path / "straight", clock=StepClock())
+    straight.fit()
+    decisions = straight.budget.decisions
+    assert decisions[0] == {
+        "why": "calibration", "step": 0, "elapsed_s": 3.0, "max_steps": 48, "decay_start": None, "decay_step_cost": 2.0
+    }  # fmt: skip
+    decay = next(d for d in decisions if d["why"] == "decay")
+    assert decay == {"why": "decay", "step": 28, "elapsed_s": 10.0, "max_steps": 48, "decay_start": 28}
+    assert straight.step == 48 and straight.elapsed_now() == 20.0
+
+    killed_clock = StepClock()
+    killed_clock.kill_at = 33
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, char_data, tmp_path / "killed", clock=killed_clock).fit()
+    assert Run(tmp_path / "killed").latest().name == "step-0000000030"
+    resumed = Trainer(cfg, char_data, tmp_path / "killed", resume=Run(tmp_path / "killed").step_folder(20), clock=StepClock())
+    assert resumed.short_windows and resumed.budget.decay_step_cost == 2.0
+    resumed.fit()
+    assert resumed.budget.decisions == decisions and resumed.step == 48
+    assert_same_weights(Run(tmp_path / "straight").latest(), Run(tmp_path / "killed").latest())
+
+
+def test_a_llama_checkpoint_with_the_older_fused_qkv_loads_and_is_refused_for_resume(char_data, tmp_path):
+    """Before q, k and v were apart, a Llama checkpoint held one qkv_proj.weight per layer: its
+    weights still load (split into q_proj, k_proj, v_proj), and resuming it says why it cannot."""
+    Trainer(tiny(model__family="llama", train__max_iters=4, train__eval_interval=4), char_data, tmp_path / "run").fit()
+    final = Run(tmp_path / "run").latest()
+    new, _ = load_model(final)
+    old = dict(new.state_dict())
+    for i in range(len(new.model.layers)):
+        p = f"model.layers.{i}.self_attn."
+        old[p + "qkv_proj.weight"] = torch.cat([old.pop(p + f"{part}_proj.weight") for part in "qkv"])
+    ckpt.save_weights(old, final / "model.safetensors")
+    loaded, _ = load_model(final)
+    for name, tensor in new.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(TinyGPTError, match="written by an older tinygpt .* start from its weights with --init-from"):
+        Trainer(tiny(model__family="llama", train__max_iters=8), char_data, tmp_path / "run", resume=final)
 
 
 def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tmp_path):
@@ -479,6 +555,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(char_data, tmp_path):
         ({"train__batch_size": 0}, "train.batch_size must be positive"),
         ({"model__block_size": 70000}, "block_size 70000 needs shards of at least 70001 tokens"),
         ({"model__vocab_size": 500}, "differs from the data's tokenizer"),
+        ({"train__schedule": "wsd", "train__short_block_size": 24}, "train.short_block_size must divide model.block_size=32"),
     ],
 )
 def test_impossible_configs_are_one_line_errors(char_data, tmp_path, capsys, overrides, message):

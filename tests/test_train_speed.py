@@ -42,11 +42,17 @@ def test_nanogpt_twin_computes_our_loss_and_gradients():
     loss.backward()
     twin_loss.backward()
     twin_params = dict(twin.named_parameters())
+    grads = {}  # ours, under the twin's names
     for name, p in ours.named_parameters():
         for theirs, twin_name in train_speed.TWIN_NAMES:
             name = name.replace(theirs, twin_name)
-        torch.testing.assert_close(twin_params[name].grad, p.grad, msg=name)
-    assert len(twin_params) == len(list(ours.parameters()))  # tied: one matrix on both sides
+        grads[name] = p.grad
+    for i in range(len(ours.model.layers)):  # our q, k and v are the twin's one c_attn
+        p = f"transformer.h.{i}.self_attn."
+        grads[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat([grads.pop(p + f"{part}_proj.weight") for part in "qkv"])
+    assert grads.keys() == twin_params.keys()  # tied: one matrix on both sides
+    for name, grad in grads.items():
+        torch.testing.assert_close(twin_params[name].grad, grad, msg=name)
 
 
 def test_nanogpt_twin_under_bfloat16_autocast_and_dropout():

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from .common import TinyGPTError, autodetect_device
@@ -57,10 +56,6 @@ LN2 = math.log(2)
 
 def _attentions(model: GPT) -> list[CausalSelfAttention]:
     return [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-
-
-def _qkv_projection(attn: CausalSelfAttention) -> nn.Linear:
-    return attn.c_attn if hasattr(attn, "c_attn") else attn.qkv_proj  # GPT-2's name, Llama's name
 
 
 def input_embeddings(model: GPT) -> torch.Tensor:
@@ -87,15 +82,15 @@ def forward_internals(model: GPT, idx: torch.Tensor, attention: bool = False, la
     """Run token ids idx (T,) of one window through the model, recording each layer's output and,
     with `attention`, each layer's attention weights. last_only: logits for the last position only (1, V).
 
-    Forward hooks on the blocks and the q/k/v projections record what passes; they are removed
-    before returning, so the model is exactly as it was. Raises TinyGPTError when T > block_size.
+    Hooks on the blocks (their output) and the attention layers (their q/k/v, from their input)
+    record what passes; they are removed before returning, so the model is exactly as it was. Raises TinyGPTError when T > block_size.
     """
     hidden: list[torch.Tensor] = []
     qkv: list[torch.Tensor] = []
     handles = [b.register_forward_hook(lambda m, args, out: hidden.append(out[0])) for b in model.trunk.blocks]
     if attention:
         handles += [
-            _qkv_projection(a).register_forward_hook(lambda m, args, out: qkv.append(out)) for a in _attentions(model)
+            a.register_forward_pre_hook(lambda m, args: qkv.append(m.qkv(args[0]))) for a in _attentions(model)
         ]
     was_training = model.training
     model.eval()

@@ -5,7 +5,8 @@ calibration, evaluations, checkpoints and the end of the run (the final full val
 the last checkpoint, the sample and the plot) all spend it. A step count is decided, not
 measured once:
 
-- calibration: before the first step, a few timed steps give the first estimate of the final step;
+- calibration: before the first step, a few timed steps give the first estimate of the final step
+  (and, for a short-to-long curriculum, `decay_step_cost`: a step of the decay over one before it);
 - estimate: at every evaluation, the seconds per step measured since the previous decision
   (evaluations and checkpoints in between included) re-estimate the final step, leaving
   `end_s` (the measured cost of finishing) free at the end;
@@ -45,13 +46,23 @@ class TimeBudget:
         return self.decisions[-1]["max_steps"] if self.decisions else None
 
     @property
+    def decay_step_cost(self) -> float:
+        """The last calibration's cost of a decay step over a step before it (1 unless a curriculum
+        makes them differ: train.short_block_size)."""
+        calibrations = [d for d in self.decisions if d["why"] == "calibration"]
+        return calibrations[-1].get("decay_step_cost", 1.0) if calibrations else 1.0
+
+    @property
     def decay_start(self) -> int | None:
         """The step at which the learning-rate decay started; None while it has not."""
         return self.decisions[-1]["decay_start"] if self.decisions else None
 
-    def calibrate(self, step: int, elapsed_s: float, seconds_per_step: float, end_s: float) -> int:
-        """The first estimate of the final step, from timed steps (at least one more step); returns it."""
-        return self._decide("calibration", step, elapsed_s, seconds_per_step, end_s, at_least=1)
+    def calibrate(
+        self, step: int, elapsed_s: float, seconds_per_step: float, end_s: float, decay_step_cost: float = 1.0
+    ) -> int:
+        """The first estimate of the final step, from timed steps (at least one more step); returns it.
+        decay_step_cost: the measured cost of a step of the decay over one before it."""
+        return self._decide("calibration", step, elapsed_s, seconds_per_step, end_s, at_least=1, cost=decay_step_cost)
 
     def update(self, step: int, elapsed_s: float, end_s: float, evaluated: bool) -> None:
         """After optimizer step `step`, with `elapsed_s` seconds of the budget spent and `end_s` the
@@ -66,11 +77,22 @@ class TimeBudget:
             self._record("out of time", step, elapsed_s, step, self.decay_start)
 
     def _decide(
-        self, why: str, step: int, elapsed_s: float, per_step: float, end_s: float, decay_start=None, at_least=0
+        self, why: str, step: int, elapsed_s: float, per_step: float, end_s: float, decay_start=None, at_least=0, cost=None
     ) -> int:
+        """Record the final step that the time left holds at `per_step` seconds a step; `cost`: a new
+        decay_step_cost (a calibration's), else the last calibration's."""
+        cost = self.decay_step_cost if cost is None else cost
         left = self.seconds - elapsed_s - end_s
-        max_steps = step + max(at_least, math.floor(left / max(per_step, 1e-9)))
+        per_step = max(per_step, 1e-9)
+        if cost == 1.0 or self.decay_start is not None or self.decay_frac is None:
+            steps = left / per_step
+        else:  # steps measured before the decay; the decay's share of the time left holds dearer ones
+            stable = min(left, max(0.0, (1 - self.decay_frac) * self.seconds - elapsed_s))
+            steps = stable / per_step + (left - stable) / (per_step * cost)
+        max_steps = step + max(at_least, math.floor(steps))
         self._record(why, step, elapsed_s, max_steps, decay_start if decay_start is not None else self.decay_start)
+        if cost != 1.0 and why == "calibration":
+            self.decisions[-1]["decay_step_cost"] = cost
         return max_steps
 
     def _record(self, why: str, step: int, elapsed_s: float, max_steps: int, decay_start: int | None) -> None:

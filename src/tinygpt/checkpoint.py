@@ -24,6 +24,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from safetensors.torch import save
 
 from .common import TinyGPTError, atomic_folder, copy_folder, fsync_path, read_json, write_file
 from .config import Config, ModelConfig, differences, load_config
+
+if TYPE_CHECKING:
+    from .model import GPT
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -208,9 +212,10 @@ def _some(names: list[str], shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
-    """Load a checkpoint folder's weights into `model`; raises TinyGPTError when they do not fit (see check_weights)."""
-    tensors = read_weights(Path(folder) / WEIGHTS)
+def load_weights(model: GPT, folder: str | Path) -> None:
+    """Load a checkpoint folder's weights into `model` (an older tinygpt's layout too: GPT.upgraded);
+    raises TinyGPTError when they do not fit (see check_weights)."""
+    tensors = model.upgraded(read_weights(Path(folder) / WEIGHTS))
     check_weights(model, tensors, folder)
     model.load_state_dict(tensors)
 

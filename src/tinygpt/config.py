@@ -168,6 +168,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after a linear warmup: "constant", "cosine" (down to min_lr) or "wsd" (stable, then a decay: decay_shape)
     warmup_iters: int = 100
     decay_frac: float = 0.2  # wsd: the share of the budget (steps, or seconds of a time budget) the decay takes
+    short_block_size: int = 0  # wsd: windows this long until the decay starts, the batch scaled to the same tokens a step (0: unused)
     decay_shape: str = "linear"  # wsd: "linear" (peak to min_lr in a straight line) or "1-sqrt" (min_lr + (peak - min_lr)(1 - sqrt(progress)))
     optimizer: str = "adamw"  # "adamw", or "muon": Muon for the hidden matrices, AdamW for the rest (optim.py)
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it as it scales lr)
@@ -231,6 +232,14 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        short, block_size = self.train.short_block_size, self.model.block_size
+        if short:
+            _check(self.train.schedule == "wsd", "train.short_block_size", "needs train.schedule 'wsd' (it ends where the decay starts)")
+            _check(
+                0 < short < block_size and block_size % short == 0,
+                "train.short_block_size",
+                f"must divide model.block_size={block_size} and be smaller (0: unused), got {short}",
+            )
         return self
 
     def to_dict(self) -> dict:

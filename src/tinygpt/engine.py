@@ -477,7 +477,7 @@ class PackedLlamaBlock(nn.Module):
         super().__init__()
         attn, mlp = block.self_attn, block.mlp
         self.norm_1, self.attn, self.norm_2, self.act = block.input_layernorm, attn, block.post_attention_layernorm, mlp.act
-        self.qkv, self.o = pack_weight(attn.qkv_proj.weight, None, dtype), pack_weight(attn.o_proj.weight, None, dtype)
+        self.qkv, self.o = pack_weight(attn.qkv_weight(), None, dtype), pack_weight(attn.o_proj.weight, None, dtype)
         self.gate_up = pack_weight(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)), None, dtype)  # (2 * hidden, C)
         self.down = pack_weight(mlp.down_proj.weight, None, dtype)
 

@@ -132,15 +132,6 @@ def _gpt2_weights(model: nn.Module, cfg: ModelConfig, tensors: dict[str, torch.T
                 tensors[f"{name}.bias"] = module.weight.new_zeros(module.out_features)
 
 
-def _llama_weights(model: nn.Module, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
-    """Our attention fuses q, k and v into one matrix; Hugging Face keeps three."""
-    q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    for i in range(cfg.n_layer):
-        prefix = f"model.layers.{i}.self_attn."
-        q, k, v = tensors.pop(prefix + "qkv_proj.weight").split([q_dim, kv_dim, kv_dim], dim=0)
-        tensors.update({prefix + "q_proj.weight": q, prefix + "k_proj.weight": k, prefix + "v_proj.weight": v})
-
-
 @dataclass(frozen=True)
 class HFFamily:
     """How one of our model families (model.FAMILIES) becomes a stock transformers class."""
@@ -158,7 +149,7 @@ HF_FAMILIES = {
         + {"gelu": "tanh-GELU", "relu": "ReLU", "relu2": "squared-ReLU"}[cfg.activation] + " MLP",
     ),
     "llama": HFFamily(
-        "LlamaForCausalLM", _llama_config, _llama_weights,
+        "LlamaForCausalLM", _llama_config, lambda model, cfg, tensors: None,  # its names are ours
         blocks=lambda cfg: f"RMSNorm, rotary positions (theta {cfg.rope_theta:g}), "
         + ("squared-ReLU-gated MLP" if cfg.activation == "relu2" else "SwiGLU MLP"),
     ),
@@ -198,11 +189,11 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: torch.dtype) -> dict:
 
 
 def hf_state_dict(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our parameters under Hugging Face's layout: the names already match, two layouts do not.
+    """Our parameters under Hugging Face's layout: the names already match, one layout does not.
 
-    GPT-2's Conv1D stores weights transposed, and our Llama attention fuses q, k and v (see
-    _gpt2_weights, _llama_weights). A tied lm_head is written once, as the embedding, and
-    re-tied on load (tie_word_embeddings).
+    GPT-2's Conv1D stores weights transposed (see _gpt2_weights); Llama's are Hugging Face's
+    as they are. A tied lm_head is written once, as the embedding, and re-tied on load
+    (tie_word_embeddings).
     """
     tensors = {name: t.detach() for name, t in model.state_dict().items()}
     if cfg.tie_weights:

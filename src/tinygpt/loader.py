@@ -19,35 +19,59 @@ from .shards import ShardSet
 
 
 class TrainLoader:
-    """Random windows of block_size + 1 tokens (inputs and shifted targets), from one generator."""
+    """Random windows of block_size + 1 tokens (inputs and shifted targets), from one generator.
+
+    short_block_size (0: unused) is a shorter window for the first steps of a short-to-long
+    curriculum (train.short_block_size): `next_batch(short=True)` draws windows of that length,
+    batch_size * block_size / short_block_size of them, the same tokens a step. Both kinds of
+    batch come from the one generator, so a resumed run draws what the straight run drew.
+    """
 
     def __init__(
-        self, shards: ShardSet, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        shards: ShardSet,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        short_block_size: int = 0,
     ):
         self.shards = shards
         self.block_size = block_size
         self.batch_size = batch_size  # per rank
         self.rank, self.world_size = rank, world_size
-        self.counts = shards.windows_starts(block_size + 1)
-        if self.counts[-1] == 0:
-            longest = max(len(s) for s in shards.shards)
-            raise TinyGPTError(
-                f"block_size {block_size} needs shards of at least {block_size + 1} tokens; "
-                f"the longest {shards.split} shard has {longest}: use a smaller --model.block_size or more data"
-            )
+        self.short_block_size = short_block_size or block_size
+        self.counts = {T: self._window_counts(T) for T in (block_size, self.short_block_size)}
         self.generator = torch.Generator().manual_seed(seed)
         self.batches_drawn = 0
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global batch.
+    def _window_counts(self, block_size: int) -> np.ndarray:
+        """Cumulative count of the windows of block_size + 1 tokens, shard by shard; raises
+        TinyGPTError when no shard holds one."""
+        counts = self.shards.windows_starts(block_size + 1)
+        if counts[-1] == 0:
+            longest = max(len(s) for s in self.shards.shards)
+            raise TinyGPTError(
+                f"block_size {block_size} needs shards of at least {block_size + 1} tokens; "
+                f"the longest {self.shards.split} shard has {longest}: use a smaller --model.block_size or more data"
+            )
+        return counts
+
+    def next_batch(self, short: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global
+        batch; with `short`, (batch_size * block_size // short_block_size, short_block_size).
 
         Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.read)."""
-        global_batch = self.batch_size * self.world_size
-        picks = torch.randint(int(self.counts[-1]), (global_batch,), generator=self.generator).numpy()
-        picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        shard_of = np.searchsorted(self.counts, picks, side="right")
-        offsets = picks - np.concatenate([[0], self.counts])[shard_of]
-        rows = [self.shards.read(s, o, self.block_size + 1) for s, o in zip(shard_of, offsets)]
+        T = self.short_block_size if short else self.block_size
+        batch_size = self.batch_size * self.block_size // T
+        counts = self.counts[T]
+        global_batch = batch_size * self.world_size
+        picks = torch.randint(int(counts[-1]), (global_batch,), generator=self.generator).numpy()
+        picks = picks[self.rank * batch_size : (self.rank + 1) * batch_size]
+        shard_of = np.searchsorted(counts, picks, side="right")
+        offsets = picks - np.concatenate([[0], counts])[shard_of]
+        rows = [self.shards.read(s, o, T + 1) for s, o in zip(shard_of, offsets)]
         self.batches_drawn += 1
         return _pair(rows)
 

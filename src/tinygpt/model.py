@@ -27,8 +27,9 @@ FAMILIES; GPT asks the family for what differs and never tests the name. Its con
 are in config.FAMILY_RULES, which needs no torch.
 
 Parameter names are Hugging Face's (GPT2LMHeadModel, LlamaForCausalLM), so export is a
-rename plus two layout changes: GPT-2's Conv1D stores weights transposed, and Llama's fused
-qkv_proj is split into q_proj, k_proj, v_proj.
+rename plus one layout change: GPT-2's Conv1D stores weights transposed. (Llama keeps q_proj,
+k_proj and v_proj apart, as Hugging Face does, so that Muon orthogonalises each on its own; its
+forward multiplies by the three as one matrix.)
 
 The model keeps no decoding state. Generation passes a view of the decoding engine's KV cache
 (engine.CacheBatch) to forward(idx, cache=...): each row of the batch sits at its own position
@@ -190,7 +191,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention on scaled_dot_product_attention, optionally through a KV cache.
 
-    Queries, keys and values come from one fused linear, in that order along its output.
+    Queries, keys and values come from one product (`qkv`), in that order along its output.
     Key/value heads may be fewer than query heads (grouped-query attention): each one then
     serves n_head // n_kv_head consecutive query heads. The two families subclass this
     only to give the projections their Hugging Face names (and, for Llama, to rotate q, k).
@@ -254,32 +255,62 @@ class CausalSelfAttention(nn.Module):
 
 
 class GPT2Attention(CausalSelfAttention):
-    """GPT-2 names: c_attn makes q, k, v; c_proj maps the heads back to the residual stream."""
+    """GPT-2 names: c_attn makes q, k, v (one matrix); c_proj maps the heads back to the residual stream."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.c_attn = nn.Linear(cfg.n_embd, self.qkv_dim, bias=cfg.bias_qkv)
         self.c_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=cfg.bias_proj)
 
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> q, k and v side by side (B, T, (nh + 2*nkv) * hs)."""
+        return self.c_attn(x)
+
     def forward(self, x: torch.Tensor, cache: CacheBatch | None = None) -> torch.Tensor:
-        q, k, v = self.split_heads(self.c_attn(x))
+        q, k, v = self.split_heads(self.qkv(x))
         return self.resid_dropout(self.c_proj(self.attend(q, k, v, cache)))
 
 
 class LlamaAttention(CausalSelfAttention):
-    """Llama names (qkv_proj fused here, split on export; o_proj), no biases, rotary positions on q and k."""
+    """Llama names (q_proj, k_proj, v_proj, o_proj), no biases, rotary positions on q and k.
+
+    q, k and v are three matrices, as in Hugging Face's LlamaAttention, so that Muon
+    orthogonalises each on its own (as modded-nanogpt does): at a fixed token budget this scored
+    0.0064 bits per byte better than one fused matrix (BENCHMARKS.md). The forward still makes
+    them in one product (`qkv`). Checkpoints written with one fused `qkv_proj.weight` still load
+    (GPT.upgraded splits it).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.qkv_proj = nn.Linear(cfg.n_embd, self.qkv_dim, bias=False)
+        kv_dim = self.n_kv_head * self.head_dim
+        self.q_proj = nn.Linear(cfg.n_embd, self.out_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, kv_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, kv_dim, bias=False)
         self.o_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=False)
 
+    def qkv_weight(self) -> torch.Tensor:
+        """q_proj, k_proj and v_proj's weights stacked: ((nh + 2*nkv) * hs, C)."""
+        return torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> q, k and v side by side (B, T, (nh + 2*nkv) * hs), one product."""
+        return F.linear(x, self.qkv_weight())
+
+    def split_fused_qkv(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+        """A checkpoint from before q, k and v were apart holds one fused `qkv_proj.weight`: split it, in place."""
+        fused = state_dict.pop(prefix + "qkv_proj.weight", None)
+        if fused is not None:
+            kv_dim = self.n_kv_head * self.head_dim
+            parts = fused.split([self.out_dim, kv_dim, kv_dim])
+            state_dict.update({prefix + f"{name}.weight": part for name, part in zip(("q_proj", "k_proj", "v_proj"), parts)})
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: CacheBatch | None = None):
-        q, k, v = self.turned_heads(self.qkv_proj(x), rope)
+        q, k, v = self.turned_heads(self.qkv(x), rope)
         return self.resid_dropout(self.o_proj(self.attend(q, k, v, cache)))
 
     def turned_heads(self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """qkv_proj's output (B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs) and k (B, nkv, T, hs)
+        """qkv's output (B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs) and k (B, nkv, T, hs)
         turned by rope (with qk_norm: scaled to unit RMS first), and v (B, nkv, T, hs)."""
         B, T, _ = qkv.size()
         heads = qkv.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh + 2*nkv, T, hs)
@@ -612,6 +643,15 @@ class GPT(nn.Module):
         else:
             pos = cache.pos  # (B, T)
         return self.trunk(idx, pos, cache)
+
+    def upgraded(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's tensors named as this code names them: those an older tinygpt wrote with
+        Llama's fused `qkv_proj.weight` get it split into q_proj, k_proj and v_proj. Others as they are."""
+        tensors = dict(tensors)
+        for name, module in self.named_modules():
+            if isinstance(module, LlamaAttention):
+                module.split_fused_qkv(tensors, f"{name}.")
+        return tensors
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, a tied matrix counted once.

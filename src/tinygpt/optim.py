@@ -4,10 +4,12 @@ Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networ
 torch.optim.Muon, used as it is) takes SGD-momentum's update of a 2-D weight and replaces it
 with the nearest semi-orthogonal matrix (five Newton-Schulz iterations), so that every
 direction of the matrix learns at the same rate. It is meant for the hidden layers only: the
-matrices chosen here by role are the linear layers inside the blocks (attention's fused
-q/k/v and output projections, the MLP's); embeddings and the output layer, 2-D as they are,
-stay with AdamW, with the norm gains and biases. The fused q/k/v matrix is orthogonalised
-whole, as one (q + 2 kv) x C matrix, not per part. Under DDP every process holds the averaged
+matrices chosen here by role are the linear layers inside the blocks (attention's q/k/v and
+output projections, the MLP's); embeddings and the output layer, 2-D as they are, stay with
+AdamW, with the norm gains and biases. Llama's q, k and v are three matrices
+(model.LlamaAttention), so each is orthogonalised on its own, as modded-nanogpt does: that
+scored better than one fused matrix (BENCHMARKS.md). GPT-2's c_attn is one matrix in Hugging
+Face's layout, and is orthogonalised whole. Under DDP every process holds the averaged
 gradients and steps Muon on all of them, so the processes stay identical.
 
 `Optimizers` steps both as one and saves one state dict, a part per optimizer, in one

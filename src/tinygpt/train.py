@@ -200,7 +200,13 @@ class Trainer:
         self.model = GPT(cfg.model).to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.loader = TrainLoader(
-            self.train_shards, cfg.model.block_size, t.batch_size, t.seed, self.dist.rank, self.dist.world_size
+            self.train_shards,
+            cfg.model.block_size,
+            t.batch_size,
+            t.seed,
+            self.dist.rank,
+            self.dist.world_size,
+            short_block_size=t.short_block_size,
         )
         self.dtype = resolve_dtype(t.dtype, self.device)
         device_type = self.device.split(":")[0]
@@ -309,6 +315,11 @@ class Trainer:
     def _resume(self, folder: Path) -> None:
         """Take the state of a checkpoint folder; raises TinyGPTError naming what does not fit or is damaged."""
         state = ckpt.read_training_state(folder, self.dist.rank, self.dist.world_size, PROGRESS)
+        if state["model"].keys() != self.model.upgraded(state["model"]).keys():  # its optimizer state holds the old parameters
+            raise TinyGPTError(
+                f"{folder} was written by an older tinygpt (one fused q/k/v matrix): it cannot be resumed, "
+                "but a new run can start from its weights with --init-from"
+            )
         ckpt.check_weights(self.model, state["model"], folder)
         try:
             self.load_state_dict(state)
@@ -363,8 +374,9 @@ class Trainer:
         # Summed over micro-batches and (below) processes: loss, target bytes, stop requests, and
         # rank 0's elapsed budget seconds, so that every process takes the same budget decisions.
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        short = self.short_windows
         for micro in range(t.grad_accum):
-            x, y = self.loader.next_batch()
+            x, y = self.loader.next_batch(short)
             totals[1] += int(self.token_bytes[y].sum())
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = micro == t.grad_accum - 1
@@ -402,6 +414,11 @@ class Trainer:
             "elapsed_s": elapsed_s,  # rank 0's, before the optimizer's update
         }
 
+    @property
+    def short_windows(self) -> bool:
+        """Whether the next step trains on windows of train.short_block_size tokens: until the decay starts."""
+        return self.cfg.train.short_block_size > 0 and (self.decay_start is None or self.step < self.decay_start)
+
     def elapsed_now(self) -> float:
         """Seconds of the budget spent: the sessions before this one, and this one since it started."""
         return self.elapsed + self.clock() - self.session_start
@@ -427,17 +444,17 @@ class Trainer:
 
         The steps run on a snapshot of the whole state, restored afterwards, so the run
         proper starts exactly as it would have. The calibration's own time counts against
-        the budget. Rank 0's figures are used by every process.
+        the budget. Rank 0's figures are used by every process. Before the decay of a run with
+        train.short_block_size, full-length steps are timed too: their cost over the short ones
+        is what the decay decision scales its estimate by.
         """
         snapshot = copy.deepcopy(self.state_dict())
-        self.max_steps = self.step + CALIBRATION_STEPS + 1  # any budget will do for timing; the snapshot restores it
-        self.train_step()  # not timed: compilation, memory allocation, caches
-        self._synchronize()
-        start = self.clock()
-        for _ in range(CALIBRATION_STEPS):
-            self.train_step()
-        self._synchronize()
-        per_step = (self.clock() - start) / CALIBRATION_STEPS
+        self.max_steps = self.step + 2 * (CALIBRATION_STEPS + 1)  # any budget will do for timing; the snapshot restores it
+        per_step = self._time_steps()
+        decay_step_cost = 1.0
+        if self.cfg.train.short_block_size and self.decay_start is None:
+            self.decay_start = self.step  # the steps from here on train on full windows
+            decay_step_cost = self._time_steps() / per_step
         start = self.clock()
         self.evaluate()
         self.eval_s = self.clock() - start
@@ -450,8 +467,20 @@ class Trainer:
         self.load_state_dict(snapshot)
         self.elapsed = elapsed  # the calibration's time stays spent
         per_step = broadcast_from_main(per_step, self.device)
+        decay_step_cost = broadcast_from_main(decay_step_cost, self.device)
         self._measure_end()
-        self.max_steps = self.budget.calibrate(self.step, self.elapsed_now(), per_step, self.end_s)
+        self.max_steps = self.budget.calibrate(self.step, self.elapsed_now(), per_step, self.end_s, decay_step_cost)
+
+    def _time_steps(self) -> float:
+        """Seconds per training step, the mean of CALIBRATION_STEPS after one untimed step
+        (compilation, memory allocation, caches)."""
+        self.train_step()
+        self._synchronize()
+        start = self.clock()
+        for _ in range(CALIBRATION_STEPS):
+            self.train_step()
+        self._synchronize()
+        return (self.clock() - start) / CALIBRATION_STEPS
 
     def _measure_end(self) -> None:
         """What the end of the run will take, from the last evaluation, text sample and checkpoint: the
@@ -615,10 +644,17 @@ class Trainer:
         what = f"resuming at step {self.step:,}" if self.resumed_from is not None else "starting"
         return (
             f"{what}: {m.family} model, {self.model.num_params():,} parameters, {m.n_layer} layers x {m.n_embd} wide, "
-            f"context {m.block_size}, {self.tokenizer.kind} tokenizer of {self.tokenizer.vocab_size:,} | "
+            f"context {m.block_size}{self._short_note()}, {self.tokenizer.kind} tokenizer of {self.tokenizer.vocab_size:,} | "
             f"{self.max_steps:,} steps of {self.tokens_per_step:,} tokens ({t.batch_size} x {m.block_size} x "
             f"{t.grad_accum} accum x {self.dist.world_size} processes) | {self.device}, {str(self.dtype).removeprefix('torch.')}"
         )
+
+    def _short_note(self) -> str:
+        short = self.cfg.train.short_block_size
+        if not short:
+            return ""
+        batch = self.cfg.train.batch_size * self.cfg.model.block_size // short
+        return f" (windows of {short}, {batch} a batch, until the decay starts)"
 
     def _print(self, text: str, bar=None) -> None:
         if not self.dist.is_main:
