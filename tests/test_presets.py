@@ -210,6 +210,7 @@ def test_llama2c_presets(name, dim, layers, context, params):
 def test_cpu_preset_is_a_ten_minute_budget():
     cfg = load_config("cpu-10min")
     assert cfg.train.max_time == "10m" and cfg.model.block_size == 256 and cfg.model.n_layer == 4
+    assert cfg.train.short_block_size == 128 and cfg.train.schedule == "wsd"
     assert cfg.tokenizer.kind == "bpe" and 1024 <= cfg.tokenizer.vocab_size <= 4096
     assert n_params("cpu-10min", cfg.tokenizer.vocab_size) < 2e6
     assert cfg.train.schedule == "wsd" and cfg.train.decay_frac == 0.5

@@ -12,7 +12,8 @@ measured once:
   `end_s` (the measured cost of finishing) free at the end;
 - decay: under the warmup-stable-decay schedule, the learning rate's decay starts at the first
   step after which the elapsed time reaches (1 - decay_frac) of the budget; the final step is
-  re-estimated then too;
+  re-estimated then too (with a curriculum, whose decay steps cost more, again after
+  DECAY_CHECK_STEPS of them: the calibration timed only a few);
 - out of time: after any step at which the time left no longer covers `end_s`, that step is the last.
 
 Each decision is a JSON object stored, in order, in the run's checkpoint progress when it is
@@ -25,6 +26,8 @@ killed-and-resumed one take the same decisions and so the same steps.
 from __future__ import annotations
 
 import math
+
+DECAY_CHECK_STEPS = 20  # a curriculum's decay re-estimates the final step after this many of its own steps
 
 
 class TimeBudget:
@@ -71,10 +74,16 @@ class TimeBudget:
         per_step = (elapsed_s - last["elapsed_s"]) / max(1, step - last["step"])
         if self.decay_frac is not None and self.decay_start is None and elapsed_s >= (1 - self.decay_frac) * self.seconds:
             self._decide("decay", step, elapsed_s, per_step, end_s, decay_start=step)
-        elif evaluated and step > last["step"]:
+        elif evaluated and step > last["step"] or self._decay_steps_timed(step):
             self._decide("estimate", step, elapsed_s, per_step, end_s)
         if step < self.max_steps and elapsed_s + end_s >= self.seconds:
             self._record("out of time", step, elapsed_s, step, self.decay_start)
+
+    def _decay_steps_timed(self, step: int) -> bool:
+        """Whether DECAY_CHECK_STEPS steps of a curriculum's decay have run since it started: their
+        own time then corrects the estimate made from the calibration's few timed steps."""
+        last = self.decisions[-1]
+        return self.decay_step_cost != 1.0 and last["why"] == "decay" and step - last["step"] >= DECAY_CHECK_STEPS
 
     def _decide(
         self, why: str, step: int, elapsed_s: float, per_step: float, end_s: float, decay_start=None, at_least=0, cost=None
