@@ -83,7 +83,8 @@ def forward_internals(model: GPT, idx: torch.Tensor, attention: bool = False, la
     with `attention`, each layer's attention weights. last_only: logits for the last position only (1, V).
 
     Hooks on the blocks (their output) and the attention layers (their q/k/v, from their input)
-    record what passes; they are removed before returning, so the model is exactly as it was. Raises TinyGPTError when T > block_size.
+    record what passes; they are removed before returning, so the model is exactly as it was.
+    Raises TinyGPTError when T > block_size.
     """
     hidden: list[torch.Tensor] = []
     qkv: list[torch.Tensor] = []

@@ -83,7 +83,7 @@ class TimeBudget:
         """Whether DECAY_CHECK_STEPS steps of a curriculum's decay have run since it started: their
         own time then corrects the estimate made from the calibration's few timed steps."""
         last = self.decisions[-1]
-        return self.decay_step_cost != 1.0 and last["why"] == "decay" and step - last["step"] >= DECAY_CHECK_STEPS
+        return last["why"] == "decay" and step - last["step"] >= DECAY_CHECK_STEPS and self.decay_step_cost != 1.0
 
     def _decide(
         self, why: str, step: int, elapsed_s: float, per_step: float, end_s: float, decay_start=None, at_least=0, cost=None

@@ -58,13 +58,17 @@ class TrainLoader:
             )
         return counts
 
+    def shape(self, short: bool = False) -> tuple[int, int]:
+        """(rows, tokens a row) of this rank's batches: short ones keep the tokens of a full one."""
+        T = self.short_block_size if short else self.block_size
+        return self.batch_size * self.block_size // T, T
+
     def next_batch(self, short: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (batch_size, block_size) int64 on the CPU: this rank's slice of the global
         batch; with `short`, (batch_size * block_size // short_block_size, short_block_size).
 
         Raises TinyGPTError for a token id past the vocabulary (a damaged shard: ShardSet.read)."""
-        T = self.short_block_size if short else self.block_size
-        batch_size = self.batch_size * self.block_size // T
+        batch_size, T = self.shape(short)
         counts = self.counts[T]
         global_batch = batch_size * self.world_size
         picks = torch.randint(int(counts[-1]), (global_batch,), generator=self.generator).numpy()

@@ -201,6 +201,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.kv_dim = self.n_kv_head * self.head_dim
         self.qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.out_dim = self.n_head * self.head_dim  # may differ from n_embd: the output projection maps it back
         self.dropout = cfg.dropout
@@ -213,8 +214,7 @@ class CausalSelfAttention(nn.Module):
         """(B, T, (nh + 2*nkv) * hs) -> q (B, nh, T, hs), k and v (B, nkv, T, hs); with qk_norm,
         each head's q and k scaled to unit root-mean-square (no learned gain)."""
         B, T, _ = qkv.size()
-        kv_dim = self.n_kv_head * self.head_dim
-        q, k, v = qkv.split([self.out_dim, kv_dim, kv_dim], dim=2)
+        q, k, v = qkv.split([self.out_dim, self.kv_dim, self.kv_dim], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -283,10 +283,9 @@ class LlamaAttention(CausalSelfAttention):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        kv_dim = self.n_kv_head * self.head_dim
         self.q_proj = nn.Linear(cfg.n_embd, self.out_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, kv_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, kv_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, self.kv_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, self.kv_dim, bias=False)
         self.o_proj = nn.Linear(self.out_dim, cfg.n_embd, bias=False)
 
     def qkv_weight(self) -> torch.Tensor:
@@ -301,8 +300,7 @@ class LlamaAttention(CausalSelfAttention):
         """A checkpoint from before q, k and v were apart holds one fused `qkv_proj.weight`: split it, in place."""
         fused = state_dict.pop(prefix + "qkv_proj.weight", None)
         if fused is not None:
-            kv_dim = self.n_kv_head * self.head_dim
-            parts = fused.split([self.out_dim, kv_dim, kv_dim])
+            parts = fused.split([self.out_dim, self.kv_dim, self.kv_dim])
             state_dict.update({prefix + f"{name}.weight": part for name, part in zip(("q_proj", "k_proj", "v_proj"), parts)})
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: CacheBatch | None = None):

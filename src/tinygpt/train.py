@@ -650,10 +650,9 @@ class Trainer:
         )
 
     def _short_note(self) -> str:
-        short = self.cfg.train.short_block_size
-        if not short:
+        if not self.cfg.train.short_block_size:
             return ""
-        batch = self.cfg.train.batch_size * self.cfg.model.block_size // short
+        batch, short = self.loader.shape(short=True)
         return f" (windows of {short}, {batch} a batch, until the decay starts)"
 
     def _print(self, text: str, bar=None) -> None:
