@@ -208,9 +208,9 @@ class Side:
 
 
 def ours(preset: str, data: Path, threads: int, compile_: bool, run_dir: Path) -> tuple[Side, Trainer]:
-    cfg = load_config(
-        preset, {"train.threads": str(threads), "train.compile": "on" if compile_ else "off", "train.device": "cpu"}
-    )
+    overrides = {"train.threads": str(threads), "train.compile": "on" if compile_ else "off", "train.device": "cpu"}
+    overrides["train.short_block_size"] = "0"  # full windows every step, as the twin's (a curriculum's short ones cost less)
+    cfg = load_config(preset, overrides)
     trainer = Trainer(cfg, data, run_dir)
     trainer.max_steps = 10**9  # the schedule needs a horizon; the speed does not depend on it
     name = "compiled" if compile_ else "ours"
