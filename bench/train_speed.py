@@ -8,7 +8,7 @@ Two pairs, each the same model, data, dtype and optimizer on both sides:
                       ../shared/baselines/seed_recipe.py: its own code up to its training loop is run
                       in this process (model, AdamW, data as a Python-built int64 tensor), and its loop
                       body is the step: get_batch, forward, zero_grad, backward, step.
-  --preset cpu-10min  our `cpu-10min` preset (Llama 4 x 128, bfloat16 autocast, fused AdamW, clipping
+  --preset cpu-10min  our `cpu-10min` preset (Llama 4 x 128, its autocast dtype, fused AdamW, clipping
                       at 1.0) against NanoGPTLlama below: the same model written the way nanoGPT and
                       llama2.c write it (nn.Linear, nn.RMSNorm, rotary turns, SwiGLU, nn.Dropout and
                       scaled_dot_product_attention's own dropout), the same weights, the same

@@ -203,7 +203,7 @@ def test_llama2c_presets(name, dim, layers, context, params):
     m, t = cfg.model, cfg.train
     assert (m.family, m.n_embd, m.n_layer, m.n_head, m.block_size) == ("llama", dim, layers, layers, context)
     assert (cfg.tokenizer.kind, cfg.tokenizer.vocab_size) == ("sentencepiece", 32000)
-    assert (t.lr, t.warmup_iters, t.schedule, t.dtype, t.compile) == (5e-4, 1000, "cosine", "bfloat16", "on")
+    assert (t.lr, t.warmup_iters, t.schedule, t.dtype, t.compile) == (5e-4, 1000, "cosine", "auto", "on")
     assert n_params(name, 32000) == pytest.approx(params, rel=0.01)
 
 

@@ -31,7 +31,7 @@ from tinygpt.optim import make_optimizer
 from tinygpt.run import Run, load_model
 from tinygpt.shards import ShardSet
 from tinygpt.tokenizers import load_tokenizer
-from tinygpt.train import Trainer, lr_at, steps_for_tokens, wsd_decay_start
+from tinygpt.train import Trainer, lr_at, resolve_dtype, steps_for_tokens, wsd_decay_start
 
 # A model that trains in milliseconds a step, on one CPU thread so that results are bit-exact. On
 # CUDA, runs that should be identical were seen to differ in the last bits on an H200 (bench/gpu_check.sh's
@@ -233,6 +233,19 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(char_data, tmp_path, 
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").is_file()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bfloat16_only_on_a_cpu_that_multiplies_in_it(native, char_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("auto", "mps") == torch.float32
+    assert (resolve_dtype("float32", "cpu"), resolve_dtype("bfloat16", "cpu")) == (torch.float32, torch.bfloat16)
+    assert train(char_data, tmp_path / "run", train__max_iters=2, train__dtype="bfloat16", train__sample_tokens=0) == 0
+    out = capsys.readouterr().out
+    assert "| cpu, bfloat16" in out
+    assert ("bfloat16 (emulated: this CPU has no bfloat16 products; --train.dtype auto uses float32" in out) == (not native)
+
+
 FAULTS_PER_STEP = """
 import resource, statistics, sys
 import torch
@@ -317,9 +330,10 @@ def test_a_curriculum_trains_on_short_windows_until_the_decay_starts(char_data, 
 
     monkeypatch.setattr(TrainLoader, "next_batch", recording)
     trainer = Trainer(tiny(train__max_iters=20, train__eval_interval=20, **CURRICULUM), char_data, tmp_path)
-    assert trainer.decay_start == 10 and "(windows of 8, 32 a batch, until the decay starts)" in trainer._describe()
+    assert trainer.decay_start == 10 and "(windows of 8, 32 a batch, until step 10, where the decay starts)" in trainer._describe()
     trainer.fit()
     assert shapes == [(32, 8)] * 10 + [(8, 32)] * 10 and trainer.tokens == 20 * 256
+    assert "windows of" not in trainer._describe()  # what a resume from here would print: the short steps are over
     assert all(r["bpb"] > 0 for r in read_metrics(tmp_path) if r["kind"] == "train")
 
 
@@ -463,6 +477,15 @@ def test_a_llama_checkpoint_with_the_older_fused_qkv_loads_and_is_refused_for_re
     with pytest.raises(TinyGPTError, match="written by an older tinygpt .* start from its weights with --init-from"):
         Trainer(tiny(model__family="llama", train__max_iters=8), char_data, tmp_path / "run", resume=final)
 
+    p = "model.layers.0.self_attn."
+    for broken in (
+        {**old, p + "qkv_proj.weight": old[p + "qkv_proj.weight"][:64]},  # q and k only: not split, refused by name
+        {**old, p + "q_proj.weight": new.state_dict()[p + "q_proj.weight"]},  # both layouts: which one is meant?
+    ):
+        ckpt.save_weights(broken, final / "model.safetensors")
+        with pytest.raises(TinyGPTError, match=f"do not fit this model: .*extra {p}qkv_proj.weight"):
+            load_model(final)
+
 
 def test_init_from_starts_a_new_run_from_trained_weights(char_data, bpe_data, tmp_path):
     Trainer(tiny(train__max_iters=10, train__eval_interval=10), char_data, tmp_path / "base").fit()
@@ -558,13 +581,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(char_data, tmp_path):
         ({"train__batch_size": 0}, "train.batch_size must be positive"),
         ({"model__block_size": 70000}, "block_size 70000 needs shards of at least 70001 tokens"),
         ({"model__vocab_size": 500}, "differs from the data's tokenizer"),
-        ({"train__schedule": "wsd", "train__short_block_size": 24}, "train.short_block_size must divide model.block_size=32"),
+        ({"train__schedule": "wsd", "train__short_block_size": 24}, "train.short_block_size must be 0 (unused) or a positive divisor of model.block_size=32"),
+        ({"train__short_block_size": -8}, "train.short_block_size must be 0 (unused) or a positive divisor"),
+        ({**CURRICULUM, "train__decay_frac": 0.01, "train__max_iters": 30}, "no step of 30 would train on full windows"),
     ],
 )
 def test_impossible_configs_are_one_line_errors(char_data, tmp_path, capsys, overrides, message):
     assert train(char_data, tmp_path / "run", **overrides) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_run_that_ends_before_its_decay_says_so(char_data, tmp_path, capsys):
+    assert train(char_data, tmp_path / "run", train__schedule="wsd", train__decay_frac=0.01, train__max_iters=20) == 0
+    assert "note: the run ended before its learning-rate decay started (train.decay_frac 0.01)\n" in capsys.readouterr().out
 
 
 def test_missing_data_and_unwritable_output(char_data, tmp_path, capsys):

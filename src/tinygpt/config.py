@@ -185,7 +185,7 @@ class TrainConfig:
     keep_last: int = 3
     seed: int = 1337  # process r seeds its generators with seed + r: each must be in [0, 2^32) (numpy's range)
     device: str = "auto"
-    dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
+    dtype: str = "auto"  # "auto" (bfloat16 where the GPU or CPU multiplies in it, else float16 on a GPU, float32 on a CPU), "float32", "bfloat16", "float16"
     compile: str = "auto"  # "auto" (on for CUDA), "on", "off"
     threads: int = 0  # CPU threads for torch; 0: torch's default
     sample_tokens: int = 200  # length of the sample written at every evaluation (RUN/samples.jsonl) and printed at the end; 0: none
@@ -234,12 +234,12 @@ class Config:
             getattr(self, f.name).validate()
         short, block_size = self.train.short_block_size, self.model.block_size
         if short:
-            _check(self.train.schedule == "wsd", "train.short_block_size", "needs train.schedule 'wsd' (it ends where the decay starts)")
             _check(
                 0 < short < block_size and block_size % short == 0,
                 "train.short_block_size",
-                f"must divide model.block_size={block_size} and be smaller (0: unused), got {short}",
+                f"must be 0 (unused) or a positive divisor of model.block_size={block_size} smaller than it, got {short}",
             )
+            _check(self.train.schedule == "wsd", "train.short_block_size", "needs train.schedule 'wsd' (it ends where the decay starts)")
         return self
 
     def to_dict(self) -> dict:

@@ -297,11 +297,15 @@ class LlamaAttention(CausalSelfAttention):
         return F.linear(x, self.qkv_weight())
 
     def split_fused_qkv(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
-        """A checkpoint from before q, k and v were apart holds one fused `qkv_proj.weight`: split it, in place."""
-        fused = state_dict.pop(prefix + "qkv_proj.weight", None)
-        if fused is not None:
-            parts = fused.split([self.out_dim, self.kv_dim, self.kv_dim])
-            state_dict.update({prefix + f"{name}.weight": part for name, part in zip(("q_proj", "k_proj", "v_proj"), parts)})
+        """A checkpoint from before q, k and v were apart holds one fused `qkv_proj.weight`: split it, in
+        place, when it is exactly the three stacked and they are not there as well; otherwise it is
+        left as it is, for checkpoint.check_weights to refuse by name."""
+        names = [prefix + f"{part}_proj.weight" for part in "qkv"]
+        fused = state_dict.get(prefix + "qkv_proj.weight")
+        if fused is None or fused.shape != self.qkv_weight().shape or any(name in state_dict for name in names):
+            return
+        del state_dict[prefix + "qkv_proj.weight"]
+        state_dict.update(zip(names, fused.split([self.out_dim, self.kv_dim, self.kv_dim])))
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: CacheBatch | None = None):
         q, k, v = self.turned_heads(self.qkv(x), rope)

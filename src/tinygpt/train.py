@@ -106,15 +106,23 @@ def steps_for_tokens(train: TrainConfig, tokens_per_step: int) -> int:
     return train.max_iters
 
 
+def cpu_multiplies_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 products in hardware (AVX512-BF16 or AMX). Without them torch
+    emulates bfloat16, and autocast makes training slower, not faster: a `cpu-10min` step cost about
+    5x float32's on an AVX2-only EPYC, against 1/1.6 of it with AVX512-BF16 (BENCHMARKS.md)."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """auto: bfloat16 on a CUDA GPU that has it, float16 (with loss scaling) on one that does not,
-    float32 on CPU and MPS, where mixed precision gains little for small models."""
-    cuda = device.startswith("cuda")
+    bfloat16 on a CPU that multiplies in it natively (`cpu_multiplies_bfloat16`), float32 on other
+    CPUs and on MPS. Resolved on the machine that runs, so a run resumed elsewhere may change it.
+    Raises TinyGPTError for bfloat16 on a GPU without it."""
     if name == "auto":
-        if not cuda:
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if name == "bfloat16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if device == "cpu" and cpu_multiplies_bfloat16() else torch.float32
+    if name == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise TinyGPTError("config: train.dtype bfloat16 is not supported by this GPU: use float16 or auto")
     return getattr(torch, name)
 
@@ -275,6 +283,12 @@ class Trainer:
     def _set_step_budget(self) -> None:
         self.max_steps = steps_for_tokens(self.cfg.train, self.tokens_per_step)
         self.decay_start = wsd_decay_start(self.cfg.train, self.max_steps)
+        t = self.cfg.train
+        if t.short_block_size and self.decay_start >= self.max_steps:
+            raise TinyGPTError(
+                f"config: train.short_block_size: no step of {self.max_steps:,} would train on full windows (they start "
+                f"with the decay, train.decay_frac {t.decay_frac:g} of the steps: none): raise train.decay_frac or the budget"
+            )
 
     def _keep_or_reset_budget(self, saved: TrainConfig) -> None:
         """Keep the resumed run's budget and its decisions, so its schedule is the one it started
@@ -626,6 +640,9 @@ class Trainer:
         t = self.cfg.train
         if t.sample_tokens:
             print(f"--- sample ({t.sample_tokens} tokens, temperature 1.0) ---\n{self.sample_text()}\n---")
+        if t.schedule == "wsd" and (self.decay_start is None or self.decay_start >= self.step):
+            short = f", and every step trained on windows of {t.short_block_size}" if t.short_block_size else ""
+            print(f"note: the run ended before its learning-rate decay started (train.decay_frac {t.decay_frac:g}){short}")
         try:
             plot = plot_run(self.run.folder)
         except OSError as e:  # the run is finished and saved: a picture is no reason to fail it
@@ -646,14 +663,20 @@ class Trainer:
             f"{what}: {m.family} model, {self.model.num_params():,} parameters, {m.n_layer} layers x {m.n_embd} wide, "
             f"context {m.block_size}{self._short_note()}, {self.tokenizer.kind} tokenizer of {self.tokenizer.vocab_size:,} | "
             f"{self.max_steps:,} steps of {self.tokens_per_step:,} tokens ({t.batch_size} x {m.block_size} x "
-            f"{t.grad_accum} accum x {self.dist.world_size} processes) | {self.device}, {str(self.dtype).removeprefix('torch.')}"
+            f"{t.grad_accum} accum x {self.dist.world_size} processes) | {self.device}, {str(self.dtype).removeprefix('torch.')}{self._dtype_note()}"
         )
 
+    def _dtype_note(self) -> str:
+        if self.dtype != torch.bfloat16 or self.device != "cpu" or cpu_multiplies_bfloat16():
+            return ""
+        return " (emulated: this CPU has no bfloat16 products; --train.dtype auto uses float32 here, which is faster)"
+
     def _short_note(self) -> str:
-        if not self.cfg.train.short_block_size:
+        if not self.short_windows:
             return ""
         batch, short = self.loader.shape(short=True)
-        return f" (windows of {short}, {batch} a batch, until the decay starts)"
+        until = "the decay starts" if self.decay_start is None else f"step {self.decay_start:,}, where the decay starts"
+        return f" (windows of {short}, {batch} a batch, until {until})"
 
     def _print(self, text: str, bar=None) -> None:
         if not self.dist.is_main:
