@@ -108,8 +108,8 @@ def steps_for_tokens(train: TrainConfig, tokens_per_step: int) -> int:
 
 def cpu_multiplies_bfloat16() -> bool:
     """Whether this CPU has bfloat16 products in hardware (AVX512-BF16 or AMX). Without them torch
-    emulates bfloat16, and autocast makes training slower, not faster: a `cpu-10min` step cost about
-    5x float32's on an AVX2-only EPYC, against 1/1.6 of it with AVX512-BF16 (BENCHMARKS.md)."""
+    emulates bfloat16, and autocast makes training slower, not faster: a `cpu-10min` step cost 7.8x
+    float32's on an AVX2-only EPYC, against 1/1.6 of it with AVX512-BF16 (BENCHMARKS.md, issue 13)."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
