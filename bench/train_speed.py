@@ -50,7 +50,8 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from baseline import SEED_RECIPE, TRAIN, VALID, emit
-from tinygpt.config import ModelConfig, load_config
+from step_cost import make_trainer
+from tinygpt.config import ModelConfig
 from tinygpt.optim import make_optimizer
 from tinygpt.shards import is_prepared
 from tinygpt.train import Trainer
@@ -208,11 +209,9 @@ class Side:
 
 
 def ours(preset: str, data: Path, threads: int, compile_: bool, run_dir: Path) -> tuple[Side, Trainer]:
-    overrides = {"train.threads": str(threads), "train.compile": "on" if compile_ else "off", "train.device": "cpu"}
-    overrides["train.short_block_size"] = "0"  # full windows every step, as the twin's (a curriculum's short ones cost less)
-    cfg = load_config(preset, overrides)
-    trainer = Trainer(cfg, data, run_dir)
-    trainer.max_steps = 10**9  # the schedule needs a horizon; the speed does not depend on it
+    # full windows every step, as the twin's (a curriculum's short ones cost less)
+    variant = f"train.compile={'on' if compile_ else 'off'},train.short_block_size=0"
+    trainer = make_trainer(preset, data, threads, variant, run_dir)
     name = "compiled" if compile_ else "ours"
     side = Side(name, trainer.train_step, trainer.tokens_per_step, trainer.model.flops_per_token(), trainer.model)
     return side, trainer
